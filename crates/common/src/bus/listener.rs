@@ -1,0 +1,312 @@
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{BusError, BusMetrics, StreamSpec};
+use crate::telemetry::ErrorChain;
+use crate::{Event, Subject};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Handles one kind of event for one queue group. The runner ([`run_listener`]) owns
+/// acknowledgement: `Ok` acks, [`HandlerError::Retry`] naks with backoff, [`HandlerError::Reject`]
+/// terminates. A handler never acks by hand, and must be idempotent: delivery is at least once.
+pub trait Listener: Send + Sync + 'static {
+    /// The event this listener consumes; its subject is the consumer's filter.
+    type Event: Event;
+    /// The queue group: every replica of a service shares one durable consumer per subject.
+    const QUEUE_GROUP: &'static str;
+
+    /// Handles one event.
+    fn on_message(
+        &self,
+        event: Self::Event,
+        info: MessageInfo,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Where a message sits in the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageInfo {
+    /// Sequence of the message in the stream.
+    pub stream_sequence: u64,
+    /// How many times it has been delivered, this time included (1 the first time).
+    pub delivered: u64,
+}
+
+/// Why a handler did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Could succeed later (a dependency is down, a version is missing): redeliver after backoff.
+    #[error("will retry")]
+    Retry(#[source] BoxError),
+    /// Can never succeed: stop redelivering and log it.
+    #[error("rejected")]
+    Reject(#[source] BoxError),
+}
+
+impl HandlerError {
+    /// A failure worth retrying later.
+    pub fn retry(error: impl Into<BoxError>) -> Self {
+        HandlerError::Retry(error.into())
+    }
+
+    /// A failure no retry can mend.
+    pub fn reject(error: impl Into<BoxError>) -> Self {
+        HandlerError::Reject(error.into())
+    }
+}
+
+/// Exponential redelivery delay after a retryable failure: `initial`, doubled per delivery,
+/// capped at `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before the next delivery of a message that has failed `delivered` times.
+    pub fn delay(&self, delivered: u64) -> Duration {
+        let doublings = delivered.saturating_sub(1).min(30) as u32;
+        self.initial
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.max)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a runner consumes.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// The stream to consume from.
+    pub stream: StreamSpec,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Most messages handled at once by this runner (and fetched ahead of handling).
+    pub max_in_flight: usize,
+    /// Redelivery delay after a retryable failure.
+    pub backoff: Backoff,
+    /// Counters to update, if the service exposes them.
+    pub metrics: Option<BusMetrics>,
+}
+
+impl ListenerOptions {
+    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, 32 in flight.
+    pub fn new(stream: StreamSpec) -> Self {
+        ListenerOptions {
+            stream,
+            ack_wait: Duration::from_secs(5),
+            max_in_flight: 32,
+            backoff: Backoff::default(),
+            metrics: None,
+        }
+    }
+}
+
+/// The durable consumer name of (queue group, subject), e.g. `orders-service-ticket-created`.
+pub fn consumer_name(queue_group: &str, subject: Subject) -> String {
+    format!("{queue_group}-{}", subject.token())
+}
+
+/// Runs `listener` until `shutdown` is cancelled: creates (or joins) the durable pull consumer for
+/// its queue group and subject, delivering everything from the start of the stream, and handles
+/// up to `max_in_flight` messages at once. On shutdown it takes no new message, lets the ones in
+/// hand finish and be acknowledged, then returns. Messages fetched but not yet started are
+/// redelivered after the ack wait.
+pub async fn run_listener<L: Listener>(
+    js: &jetstream::Context,
+    listener: Arc<L>,
+    options: &ListenerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let subject = L::Event::SUBJECT;
+    let name = consumer_name(L::QUEUE_GROUP, subject);
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: options.stream.subject(subject),
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: options.ack_wait,
+        ..Default::default()
+    };
+    let consumer_error = |message: String| BusError::Consumer {
+        consumer: name.clone(),
+        message,
+    };
+    let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+    let mut in_hand = JoinSet::new();
+    let mut pause = Duration::from_millis(100);
+
+    'connect: while !shutdown.is_cancelled() {
+        let stream = js
+            .get_stream(&options.stream.name)
+            .await
+            .map_err(|e| consumer_error(format!("stream `{}`: {e}", options.stream.name)))?;
+        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&name, config.clone())
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?;
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(options.max_in_flight.max(1))
+            .messages()
+            .await
+        {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %ErrorChain(&e), "cannot pull; trying again");
+                if sleep_or_shutdown(&shutdown, &mut pause).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        tracing::info!(consumer = %name, %subject, "listening");
+
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'connect,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'connect,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    pause = Duration::from_millis(100);
+                    let listener = listener.clone();
+                    let options = options.clone();
+                    in_hand.spawn(async move {
+                        handle(&*listener, message, &options).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(consumer = %name, error = %ErrorChain(&e), "pull interrupted; resuming");
+                    break;
+                }
+                None => break,
+            }
+            while in_hand.try_join_next().is_some() {}
+        }
+        if sleep_or_shutdown(&shutdown, &mut pause).await {
+            break;
+        }
+    }
+    while in_hand.join_next().await.is_some() {}
+    tracing::info!(consumer = %name, "stopped");
+    Ok(())
+}
+
+/// Sleeps `pause` (then doubles it, up to 5 s); returns true if shutdown came first.
+async fn sleep_or_shutdown(shutdown: &CancellationToken, pause: &mut Duration) -> bool {
+    let slept = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(*pause) => true,
+    };
+    *pause = (*pause * 2).min(Duration::from_secs(5));
+    !slept
+}
+
+async fn handle<L: Listener>(listener: &L, message: jetstream::Message, options: &ListenerOptions) {
+    let subject = L::Event::SUBJECT;
+    let info = match message.info() {
+        Ok(info) => MessageInfo {
+            stream_sequence: info.stream_sequence,
+            delivered: info.delivered.max(1) as u64,
+        },
+        Err(e) => {
+            tracing::error!(%subject, error = %e, "message without JetStream metadata; ignoring it");
+            return;
+        }
+    };
+    let span = tracing::info_span!("message", %subject, seq = info.stream_sequence, delivered = info.delivered);
+    async {
+        let count = |outcome: &str| {
+            if let Some(metrics) = &options.metrics {
+                metrics.count_handled(subject.as_str(), outcome);
+            }
+        };
+        let event = match serde_json::from_slice::<L::Event>(&message.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let head = String::from_utf8_lossy(&message.payload[..message.payload.len().min(120)]).into_owned();
+                tracing::error!(error = %e, body = %head, "undecodable body; terminating it");
+                count("undecodable");
+                acknowledge(&message, AckKind::Term).await;
+                return;
+            }
+        };
+        match listener.on_message(event, info).await {
+            Ok(()) => {
+                count("ack");
+                acknowledge(&message, AckKind::Ack).await;
+            }
+            Err(HandlerError::Retry(e)) => {
+                let delay = options.backoff.delay(info.delivered);
+                tracing::warn!(error = %ErrorChain(&*e), ?delay, "handler failed; redelivering after backoff");
+                count("retry");
+                acknowledge(&message, AckKind::Nak(Some(delay))).await;
+            }
+            Err(HandlerError::Reject(e)) => {
+                tracing::error!(error = %ErrorChain(&*e), "handler rejected the event; terminating it");
+                count("reject");
+                acknowledge(&message, AckKind::Term).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sends the acknowledgement and waits for the server to confirm it, so that a message reported
+/// as acked is never delivered again. A lost ack only means a redelivery, which handlers absorb.
+async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.double_ack_with(kind).await {
+        tracing::warn!(error = %e, ?kind, "acknowledgement not confirmed; the message may be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_delivery_up_to_its_cap() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(3),
+        };
+        let delays: Vec<_> = (1..=5).map(|n| backoff.delay(n).as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 3000, 3000]);
+        assert_eq!(backoff.delay(0), Duration::from_millis(500));
+        assert_eq!(backoff.delay(u64::MAX), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn consumer_names_hold_no_characters_nats_forbids() {
+        assert_eq!(
+            consumer_name("orders-service", Subject::TicketUpdated),
+            "orders-service-ticket-updated"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! The event bus on NATS JetStream (SPEC.md section 2).
+//!
+//! - [`connect`]: configuration from the environment, connecting, and [`ensure_stream`] which
+//!   creates the stream or adds the subjects it lacks.
+//! - [`Publisher`]: publishes any [`crate::Event`] with its `Nats-Msg-Id` and awaits the ack.
+//! - [`Listener`] and [`run_listener`]: a durable pull consumer per (queue group, subject), shared by
+//!   every replica; the runner owns acknowledgement.
+//! - [`BusMetrics`]: counters both services expose on `/metrics`.
+
+mod connect;
+mod listener;
+mod metrics;
+mod publisher;
+
+pub use connect::{BusError, NatsConfig, StreamSpec, connect, ensure_stream, normalize_url};
+pub use listener::{
+    Backoff, HandlerError, Listener, ListenerOptions, MessageInfo, consumer_name, run_listener,
+};
+pub use metrics::BusMetrics;
+pub use publisher::{PublishError, Published, Publisher};

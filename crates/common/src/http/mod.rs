@@ -1,0 +1,12 @@
+//! HTTP pieces shared by services with an API (feature `http`).
+//!
+//! - [`ApiError`]: every failure a route can answer with, rendered as the SPEC error body
+//!   `{"errors":[{"message","field"?}]}` with its status code.
+//! - [`auth`]: the `session` / `express:sess` cookie and bearer token of SPEC.md section 5, and the
+//!   [`CurrentUser`] and [`RequireAuth`] extractors.
+
+pub mod auth;
+mod error;
+
+pub use auth::{CurrentUser, JwtKey, RequireAuth, UserPayload};
+pub use error::{ApiError, FieldError};

@@ -1,0 +1,26 @@
+//! Shared pieces of the ticketing services (`orders`, `expiration`).
+//!
+//! - [`subjects`]: the six NATS subjects and their exact strings.
+//! - [`events`]: one typed event per subject, serialised exactly as the Node stack does, and the
+//!   [`events::Event`] trait tying each type to its subject and its deduplication id.
+//! - [`bus`]: NATS JetStream: connecting, making sure the stream exists, the generic
+//!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
+//! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
+//! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, and a tiny server for workers.
+//! - [`telemetry`]: `tracing` set-up (pretty or JSON by `LOG_FORMAT`, level by `RUST_LOG`).
+//! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token.
+//! - `testing` (feature `testing`): the local stack's addresses and a private stream per test.
+
+pub mod bus;
+pub mod events;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod ops;
+pub mod shutdown;
+pub mod subjects;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use events::Event;
+pub use subjects::Subject;

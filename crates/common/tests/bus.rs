@@ -1,0 +1,385 @@
+//! The bus against the real NATS server of the local stack (`scripts/stack up`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Subject;
+use common::bus::{
+    Backoff, HandlerError, Listener, ListenerOptions, MessageInfo, consumer_name, run_listener,
+};
+use common::events::{ExpirationComplete, OrderCancelled, OrderCancelledTicket, TicketCreated};
+use common::testing::{TestStream, eventually};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Records what it handled; fails the first `failures` deliveries of each event, and takes
+/// `delay` per message.
+#[derive(Default)]
+struct Recorder {
+    handled: Mutex<Vec<(String, MessageInfo, Instant)>>,
+    failures: u64,
+    delay: Duration,
+}
+
+impl Recorder {
+    fn ids(&self) -> Vec<String> {
+        self.handled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _, _)| id.clone())
+            .collect()
+    }
+}
+
+impl Listener for Recorder {
+    type Event = ExpirationComplete;
+    const QUEUE_GROUP: &'static str = "test-service";
+
+    async fn on_message(
+        &self,
+        event: ExpirationComplete,
+        info: MessageInfo,
+    ) -> Result<(), HandlerError> {
+        tokio::time::sleep(self.delay).await;
+        self.handled
+            .lock()
+            .unwrap()
+            .push((event.order_id.clone(), info, Instant::now()));
+        if info.delivered <= self.failures {
+            return Err(HandlerError::retry("not yet"));
+        }
+        Ok(())
+    }
+}
+
+fn options(stream: &TestStream) -> ListenerOptions {
+    let mut options = ListenerOptions::new(stream.spec.clone());
+    options.ack_wait = Duration::from_secs(2);
+    options
+}
+
+fn start(
+    stream: &TestStream,
+    listener: Arc<Recorder>,
+    options: ListenerOptions,
+) -> (CancellationToken, JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let js = stream.js.clone();
+    let token = shutdown.clone();
+    let task =
+        tokio::spawn(async move { run_listener(&js, listener, &options, token).await.unwrap() });
+    (shutdown, task)
+}
+
+fn expiration(n: usize) -> ExpirationComplete {
+    ExpirationComplete {
+        order_id: format!("{n:024x}"),
+    }
+}
+
+async fn consumer_info(stream: &TestStream) -> async_nats::jetstream::consumer::Info {
+    let name = consumer_name(Recorder::QUEUE_GROUP, Subject::ExpirationComplete);
+    stream
+        .js
+        .get_stream(&stream.spec.name)
+        .await
+        .unwrap()
+        .consumer_info(name)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_published_event_reaches_the_handler_typed() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
+    stream.publish(&expiration(7)).await;
+    eventually(Duration::from_secs(10), "the event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    assert_eq!(recorder.ids(), [expiration(7).order_id]);
+    assert_eq!(
+        stream.bodies(Subject::ExpirationComplete).await,
+        [r#"{"orderId":"000000000000000000000007"}"#]
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn two_runners_in_one_queue_group_split_the_messages() {
+    let stream = TestStream::new().await;
+    let mut opts = options(&stream);
+    opts.max_in_flight = 1;
+    let first = Arc::new(Recorder {
+        delay: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let second = Arc::new(Recorder {
+        delay: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let (stop_first, first_task) = start(&stream, first.clone(), opts.clone());
+    let (stop_second, second_task) = start(&stream, second.clone(), opts);
+    for n in 0..60 {
+        stream.publish(&expiration(n)).await;
+    }
+    eventually(Duration::from_secs(20), "60 messages handled", || async {
+        first.ids().len() + second.ids().len() >= 60
+    })
+    .await;
+    // Give a wrongly redelivered message time to show up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut all: Vec<String> = first.ids().into_iter().chain(second.ids()).collect();
+    assert!(
+        !first.ids().is_empty() && !second.ids().is_empty(),
+        "one runner got nothing: {} / {}",
+        first.ids().len(),
+        second.ids().len()
+    );
+    all.sort();
+    let expected: Vec<String> = (0..60).map(|n| expiration(n).order_id).collect();
+    assert_eq!(all, expected, "every message exactly once");
+    stop_first.cancel();
+    stop_second.cancel();
+    first_task.await.unwrap();
+    second_task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_restarted_runner_resumes_after_the_last_acked_message() {
+    let stream = TestStream::new().await;
+    let before = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&stream, before.clone(), options(&stream));
+    for n in 0..5 {
+        stream.publish(&expiration(n)).await;
+    }
+    eventually(Duration::from_secs(10), "the first five", || async {
+        before.ids().len() == 5
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        consumer_info(&stream).await.num_ack_pending,
+        0,
+        "all five acked before the runner returned"
+    );
+
+    for n in 5..10 {
+        stream.publish(&expiration(n)).await;
+    }
+    let after = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&stream, after.clone(), options(&stream));
+    eventually(Duration::from_secs(10), "the next five", || async {
+        after.ids().len() == 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected: Vec<String> = (5..10).map(|n| expiration(n).order_id).collect();
+    let mut got = after.ids();
+    got.sort();
+    assert_eq!(got, expected, "nothing lost, nothing acked handled twice");
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_failed_handler_is_redelivered_after_the_backoff_not_before() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        failures: 1,
+        ..Default::default()
+    });
+    let mut opts = options(&stream);
+    opts.backoff = Backoff {
+        initial: Duration::from_millis(800),
+        max: Duration::from_secs(5),
+    };
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    stream.publish(&expiration(1)).await;
+    eventually(Duration::from_secs(10), "the redelivery", || async {
+        recorder.ids().len() == 2
+    })
+    .await;
+    let handled = recorder.handled.lock().unwrap().clone();
+    let gap = handled[1].2 - handled[0].2;
+    assert_eq!((handled[0].1.delivered, handled[1].1.delivered), (1, 2));
+    assert!(
+        gap >= Duration::from_millis(750),
+        "redelivered after {gap:?}, before the 800 ms backoff"
+    );
+    assert!(
+        gap < Duration::from_millis(2000),
+        "redelivered after {gap:?}: the nak delay, not the ack wait, should decide"
+    );
+    eventually(Duration::from_secs(5), "the ack", || async {
+        consumer_info(&stream).await.num_ack_pending == 0
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_poison_body_is_terminated_and_the_messages_after_it_still_flow() {
+    let stream = TestStream::new().await;
+    stream
+        .js
+        .publish(
+            stream.spec.subject(Subject::ExpirationComplete),
+            "{not json".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    stream.publish(&expiration(2)).await;
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
+    eventually(Duration::from_secs(10), "the good message", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    // Past the 2 s ack wait: a poison message that was not terminated would be redelivered.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let info = consumer_info(&stream).await;
+    assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
+    assert_eq!(info.ack_floor.stream_sequence, 2);
+    assert_eq!(recorder.ids(), [expiration(2).order_id]);
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_message_in_hand_finish_and_be_acked() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        delay: Duration::from_millis(700),
+        ..Default::default()
+    });
+    let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
+    stream.publish(&expiration(3)).await;
+    eventually(Duration::from_secs(10), "delivery", || async {
+        consumer_info(&stream).await.num_ack_pending == 1
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        recorder.ids().len(),
+        1,
+        "the handler finished before the runner returned"
+    );
+    assert_eq!(
+        consumer_info(&stream).await.num_ack_pending,
+        0,
+        "and its message was acked"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn publishing_the_same_event_twice_stores_one_message() {
+    let stream = TestStream::new().await;
+    let publisher = stream.publisher();
+    let event = OrderCancelled {
+        id: format!("{:024x}", 9),
+        version: 1,
+        ticket: OrderCancelledTicket {
+            id: format!("{:024x}", 8),
+        },
+    };
+    let first = publisher.publish(&event).await.unwrap();
+    let second = publisher.publish(&event).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.sequence, second.sequence);
+    let next = publisher
+        .publish(&OrderCancelled {
+            version: 2,
+            ..event
+        })
+        .await
+        .unwrap();
+    assert!(!next.duplicate);
+    assert_eq!(stream.events::<OrderCancelled>().await.len(), 2);
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn ensure_stream_adds_missing_subjects_to_a_stream_another_service_created() {
+    let stream = TestStream::new().await;
+    let spec = common::bus::StreamSpec {
+        name: format!("{}-other", stream.spec.name),
+        subject_prefix: format!("{}other.", stream.spec.subject_prefix),
+    };
+    // The tickets service got there first, with its own subjects only.
+    stream
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: spec.name.clone(),
+            subjects: vec![
+                spec.subject(Subject::TicketCreated),
+                spec.subject(Subject::TicketUpdated),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    common::bus::ensure_stream(&stream.js, &spec).await.unwrap();
+    common::bus::ensure_stream(&stream.js, &spec).await.unwrap();
+    let info = stream
+        .js
+        .get_stream(&spec.name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    let mut subjects = info.config.subjects.clone();
+    subjects.sort();
+    let mut expected: Vec<String> = Subject::ALL.iter().map(|s| spec.subject(*s)).collect();
+    expected.sort();
+    assert_eq!(subjects, expected);
+    let _ = stream.js.delete_stream(&spec.name).await;
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_listener_sees_only_its_own_subject() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
+    stream
+        .publish(&TicketCreated {
+            id: format!("{:024x}", 1),
+            version: 0,
+            title: "t".into(),
+            price: 1.5,
+            user_id: format!("{:024x}", 2),
+        })
+        .await;
+    stream.publish(&expiration(4)).await;
+    eventually(Duration::from_secs(10), "the expiration", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        recorder.ids(),
+        [expiration(4).order_id],
+        "the ticket event never reached it"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
