@@ -1,0 +1,1 @@
+//! The expiration service (work in progress).
