@@ -1,0 +1,10 @@
+//! The worker's listeners, one per subject, in queue group `expiration-service`.
+
+mod order_cancelled;
+mod order_created;
+
+pub use order_cancelled::OrderCancelledListener;
+pub use order_created::OrderCreatedListener;
+
+/// The queue group shared by every replica of the worker (SPEC.md section 7).
+pub const QUEUE_GROUP: &str = "expiration-service";

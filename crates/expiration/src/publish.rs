@@ -1,0 +1,46 @@
+//! What a due job means for the ticketing stack: publish `expiration:complete` for its order.
+
+use std::time::Duration;
+
+use common::bus::Publisher;
+use common::events::ExpirationComplete;
+
+use crate::queue::Job;
+use crate::worker::{BoxError, JobHandler};
+
+/// Publishes `expiration:complete {"orderId"}` with the order's message id and waits for the
+/// JetStream acknowledgement, at most `timeout`.
+pub struct PublishExpiration {
+    publisher: Publisher,
+    timeout: Duration,
+}
+
+/// The publish was not acknowledged in time (NATS unreachable or JetStream unavailable).
+#[derive(Debug, thiserror::Error)]
+#[error("expiration:complete not acknowledged within {0:?}")]
+pub struct PublishTimeout(pub Duration);
+
+impl PublishExpiration {
+    /// A handler publishing with `publisher`, giving up on one attempt after `timeout`.
+    pub fn new(publisher: Publisher, timeout: Duration) -> Self {
+        PublishExpiration { publisher, timeout }
+    }
+}
+
+impl JobHandler for PublishExpiration {
+    async fn fire(&self, job: &Job) -> Result<(), BoxError> {
+        let event = ExpirationComplete {
+            order_id: job.id.clone(),
+        };
+        // The message id is derived from the order id, so a second fire after a crash or from a
+        // stalled replica is dropped by JetStream as a duplicate.
+        match tokio::time::timeout(self.timeout, self.publisher.publish(&event)).await {
+            Ok(Ok(published)) => {
+                tracing::info!(order = %job.id, sequence = published.sequence, duplicate = published.duplicate, "expiration:complete published");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(PublishTimeout(self.timeout).into()),
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! A small delayed-job queue on Redis: keyed jobs, batch claim with leases, retry with backoff,
+//! dead letter, cancel. It knows nothing of NATS; the worker ([`crate::worker`]) gives it meaning.
+//!
+//! # Data layout
+//!
+//! Every key of one queue shares the hash tag `{<prefix>:<queue>}`, so each script touches one
+//! Redis Cluster slot:
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `{p:q}:due` | ZSET | job id → when it may be claimed (ms since the epoch): its due time, or its retry time |
+//! | `{p:q}:leased` | ZSET | job id → lease expiry (ms) of a claimed job |
+//! | `{p:q}:jobs` | HASH | job id → `"<due_ms>:<attempts>:<token>"`; token 0 when not leased |
+//! | `{p:q}:dead` | HASH | job id → JSON `{due, attempts, failed_at, reason}` |
+//! | `{p:q}:seq` | STRING | counter; each claim call takes the next value as its lease token |
+//! | `{p:q}:wake` | channel | a message whenever the earliest due time moves earlier |
+//!
+//! A job is in exactly one of `due` or `leased` while it lives in `jobs`; the job id is the
+//! whole job (the worker's id is the order id), so there is no payload to store.
+//!
+//! # Scripts
+//!
+//! Every operation is one Lua script (`EVALSHA` through [`redis::Script`]), hence atomic. Time is
+//! always Redis `TIME`, read inside the script, so every replica agrees on "now".
+//!
+//! - `schedule.lua` (batch): a new id is added; a known id with the same due time is left alone
+//!   (a redelivered event changes nothing, even mid-backoff); a known id with another due time is
+//!   moved, and if it was leased the lease is dropped, so the old holder's `complete` no longer
+//!   matches and cannot delete the moved job. Publishes on the wake channel when the earliest due
+//!   time moved earlier.
+//! - `claim.lua` (batch): takes up to `limit` expired leases and due jobs, moves them to `leased`
+//!   with expiry `now + lease`, increments their attempts and stamps them with a fresh token.
+//!   Returns them with Redis' `now`, the next due time or lease expiry (the worker sleeps until
+//!   then), and the number of jobs still pending.
+//! - `complete.lua` (batch): deletes each job only if it is still leased under the given token.
+//! - `retry.lua`: under the caller's token, reschedules at `now + delay`, or at `max_attempts`
+//!   moves the job to `dead`.
+//! - `cancel.lua` (batch): removes jobs, waiting or leased.
+//! - `requeue.lua`: dead jobs become due now with attempts reset.
+//! - `stats.lua`: counts and the next due time, for inspection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use common::telemetry::ErrorChain;
+
+/// Most jobs one script call handles: Lua's `unpack` has a stack limit of a few thousand values.
+pub const MAX_BATCH: usize = 1000;
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("Redis command failed")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from a queue script: {0}")]
+    Reply(String),
+}
+
+/// Where a queue lives: all its keys start with `{<prefix>:<name>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueName {
+    /// Key prefix (`REDIS_KEY_PREFIX`), shared by every queue of the deployment.
+    pub prefix: String,
+    /// The queue's own name (`EXPIRATION_QUEUE`).
+    pub name: String,
+}
+
+impl QueueName {
+    /// The queue `name` under `prefix`.
+    pub fn new(prefix: impl Into<String>, name: impl Into<String>) -> Self {
+        QueueName {
+            prefix: prefix.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The hash tag every key of this queue starts with.
+    pub fn tag(&self) -> String {
+        format!("{{{}:{}}}", self.prefix, self.name)
+    }
+}
+
+struct Keys {
+    due: String,
+    leased: String,
+    jobs: String,
+    dead: String,
+    seq: String,
+    wake: String,
+}
+
+struct Scripts {
+    schedule: Script,
+    claim: Script,
+    complete: Script,
+    retry: Script,
+    cancel: Script,
+    requeue: Script,
+    stats: Script,
+}
+
+impl Scripts {
+    fn load() -> Self {
+        Scripts {
+            schedule: Script::new(include_str!("schedule.lua")),
+            claim: Script::new(include_str!("claim.lua")),
+            complete: Script::new(include_str!("complete.lua")),
+            retry: Script::new(include_str!("retry.lua")),
+            cancel: Script::new(include_str!("cancel.lua")),
+            requeue: Script::new(include_str!("requeue.lua")),
+            stats: Script::new(include_str!("stats.lua")),
+        }
+    }
+}
+
+/// A handle on one queue. Cheap to clone; clones share the connection and the local wake-up.
+#[derive(Clone)]
+pub struct Queue {
+    client: redis::Client,
+    conn: ConnectionManager,
+    name: QueueName,
+    keys: Arc<Keys>,
+    scripts: Arc<Scripts>,
+    wake: Arc<Notify>,
+}
+
+/// What one schedule call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Jobs that did not exist.
+    pub added: u64,
+    /// Jobs that existed with another due time and were moved.
+    pub moved: u64,
+    /// Jobs that existed with the same due time: nothing changed.
+    pub unchanged: u64,
+    /// The earliest due time moved earlier, and waiting workers were woken.
+    pub woke: bool,
+}
+
+/// A claimed job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The job's key (the order id).
+    pub id: String,
+    /// When it was due (ms since the epoch).
+    pub due_ms: i64,
+    /// How many times it has been claimed, this claim included.
+    pub attempts: u32,
+    /// The lease token: `complete` and `retry` act only while the job is leased under it.
+    pub token: u64,
+}
+
+/// The result of one claim.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The claimed jobs, expired leases first.
+    pub jobs: Vec<Job>,
+    /// How many of them were taken over from an expired lease.
+    pub reclaimed: usize,
+    /// Redis' clock at the claim, in microseconds since the epoch.
+    pub now_us: i64,
+    /// The next due time or lease expiry left in the queue (ms since the epoch).
+    pub next_ms: Option<i64>,
+    /// Jobs still waiting or leased after this claim (these included).
+    pub pending: u64,
+    /// When the reply arrived, to turn Redis' clock into local elapsed time.
+    pub received: std::time::Instant,
+}
+
+impl Claim {
+    /// How long from the claim until the next job is due (zero if it is due already).
+    pub fn next_in(&self) -> Option<Duration> {
+        self.next_ms.map(|next| {
+            let micros = (next * 1000 - self.now_us).max(0) as u64;
+            Duration::from_micros(micros).saturating_sub(self.received.elapsed())
+        })
+    }
+
+    /// How late `job` is now, by Redis' clock at the claim plus the time elapsed since.
+    pub fn lateness(&self, job: &Job) -> Duration {
+        let at_claim = (self.now_us - job.due_ms * 1000).max(0) as u64;
+        Duration::from_micros(at_claim) + self.received.elapsed()
+    }
+}
+
+/// What `retry` did with a job that failed to fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Due again after the delay.
+    Rescheduled,
+    /// Out of attempts: moved to the dead-letter set.
+    DeadLettered,
+    /// The job was no longer leased under our token (moved, cancelled or taken over): untouched.
+    LeaseLost,
+}
+
+/// A job in the dead-letter set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct DeadJob {
+    /// The job's key (the order id).
+    #[serde(skip)]
+    pub id: String,
+    /// When it was due (ms).
+    pub due: i64,
+    /// How many times it was claimed.
+    pub attempts: u32,
+    /// When it was moved here (ms).
+    pub failed_at: i64,
+    /// The last failure.
+    pub reason: String,
+}
+
+/// Counts of a queue at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs waiting for their due time (or retry time).
+    pub waiting: u64,
+    /// Jobs claimed by a worker and not yet completed.
+    pub leased: u64,
+    /// Jobs in the dead-letter set.
+    pub dead: u64,
+    /// The earliest waiting job's due time (ms).
+    pub next_due_ms: Option<i64>,
+    /// Redis' clock (ms).
+    pub now_ms: i64,
+}
+
+impl Stats {
+    /// Jobs not yet fired: waiting plus leased.
+    pub fn pending(&self) -> u64 {
+        self.waiting + self.leased
+    }
+}
+
+/// Converts a due time to the queue's unit, milliseconds since the epoch (never negative).
+pub fn to_ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis().max(0)
+}
+
+/// Converts the queue's milliseconds back to a time.
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+impl Queue {
+    /// Connects to Redis at `url` (a `redis://` URL) and returns the queue `name` there.
+    pub async fn connect(url: &str, name: QueueName) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            // The default 500 ms is too tight for a 1,000-job script on a busy server.
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let tag = name.tag();
+        let keys = Keys {
+            due: format!("{tag}:due"),
+            leased: format!("{tag}:leased"),
+            jobs: format!("{tag}:jobs"),
+            dead: format!("{tag}:dead"),
+            seq: format!("{tag}:seq"),
+            wake: format!("{tag}:wake"),
+        };
+        Ok(Queue {
+            client,
+            conn,
+            name,
+            keys: Arc::new(keys),
+            scripts: Arc::new(Scripts::load()),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &QueueName {
+        &self.name
+    }
+
+    /// Resolves when a job may have become due earlier than the last claim said: this process
+    /// scheduled an earlier job, or another replica did (through the wake channel, see
+    /// [`Queue::watch_wakes`]). A wake-up sent while nobody waits is kept for the next waiter.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Wakes this process' waiter in [`Queue::woken`].
+    pub fn wake_local(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Answers whether Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Schedules (or moves) job `id` to be due at `due_ms`.
+    pub async fn schedule(&self, id: &str, due_ms: i64) -> Result<Scheduled, QueueError> {
+        self.schedule_many(&[(id, due_ms)]).await
+    }
+
+    /// Schedules many jobs, [`MAX_BATCH`] per script call, the calls pipelined on one connection.
+    pub async fn schedule_many<S: AsRef<str>>(
+        &self,
+        jobs: &[(S, i64)],
+    ) -> Result<Scheduled, QueueError> {
+        let calls = jobs.chunks(MAX_BATCH).map(|chunk| async move {
+            let mut invocation = self.scripts.schedule.prepare_invoke();
+            invocation
+                .key(&self.keys.due)
+                .key(&self.keys.leased)
+                .key(&self.keys.jobs)
+                .key(&self.keys.dead)
+                .arg(&self.keys.wake);
+            for (id, due_ms) in chunk {
+                invocation.arg(id.as_ref()).arg((*due_ms).max(0));
+            }
+            let mut conn = self.conn.clone();
+            invocation
+                .invoke_async::<(u64, u64, u64, u8)>(&mut conn)
+                .await
+        });
+        let mut total = Scheduled::default();
+        for (added, moved, unchanged, woke) in futures::future::try_join_all(calls).await? {
+            total.added += added;
+            total.moved += moved;
+            total.unchanged += unchanged;
+            total.woke |= woke == 1;
+        }
+        if total.woke {
+            self.wake_local();
+        }
+        Ok(total)
+    }
+
+    /// Claims up to `limit` (at most [`MAX_BATCH`]) due jobs or expired leases, leasing them
+    /// for `lease`.
+    pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Claim, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = self
+            .scripts
+            .claim
+            .key(&self.keys.due)
+            .key(&self.keys.leased)
+            .key(&self.keys.jobs)
+            .key(&self.keys.seq)
+            .arg(limit.clamp(1, MAX_BATCH))
+            .arg(lease.as_millis().max(1) as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        let received = std::time::Instant::now();
+        parse_claim(reply, received)
+    }
+
+    /// Deletes fired jobs still leased under their token; returns how many were deleted (the
+    /// others were moved, cancelled or taken over meanwhile).
+    pub async fn complete(&self, done: &[(String, u64)]) -> Result<u64, QueueError> {
+        let mut deleted = 0;
+        for chunk in done.chunks(MAX_BATCH) {
+            let mut invocation = self.scripts.complete.prepare_invoke();
+            invocation.key(&self.keys.leased).key(&self.keys.jobs);
+            for (id, token) in chunk {
+                invocation.arg(id).arg(*token);
+            }
+            let mut conn = self.conn.clone();
+            deleted += invocation.invoke_async::<u64>(&mut conn).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// A leased job failed to fire: due again in `delay`, or dead-lettered with `reason` once it
+    /// has been claimed `max_attempts` times.
+    pub async fn retry(
+        &self,
+        job: &Job,
+        delay: Duration,
+        max_attempts: u32,
+        reason: &str,
+    ) -> Result<RetryOutcome, QueueError> {
+        let mut conn = self.conn.clone();
+        let outcome: u8 = self
+            .scripts
+            .retry
+            .key(&self.keys.due)
+            .key(&self.keys.leased)
+            .key(&self.keys.jobs)
+            .key(&self.keys.dead)
+            .arg(&job.id)
+            .arg(job.token)
+            .arg(delay.as_millis() as u64)
+            .arg(max_attempts.max(1))
+            .arg(reason)
+            .arg(&self.keys.wake)
+            .invoke_async(&mut conn)
+            .await?;
+        match outcome {
+            0 => Ok(RetryOutcome::LeaseLost),
+            1 => {
+                // Our own loop may be asleep past the retry time.
+                self.wake_local();
+                Ok(RetryOutcome::Rescheduled)
+            }
+            2 => Ok(RetryOutcome::DeadLettered),
+            other => Err(QueueError::Reply(format!("retry returned {other}"))),
+        }
+    }
+
+    /// Removes jobs whether waiting or leased; returns how many existed.
+    pub async fn cancel(&self, ids: &[&str]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for chunk in ids.chunks(MAX_BATCH) {
+            let mut conn = self.conn.clone();
+            removed += self
+                .scripts
+                .cancel
+                .key(&self.keys.due)
+                .key(&self.keys.leased)
+                .key(&self.keys.jobs)
+                .arg(chunk)
+                .invoke_async::<u64>(&mut conn)
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    /// Makes dead-lettered jobs due now (all of them when `ids` is empty); returns how many.
+    pub async fn requeue_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let count = self
+            .scripts
+            .requeue
+            .key(&self.keys.due)
+            .key(&self.keys.jobs)
+            .key(&self.keys.dead)
+            .arg(&self.keys.wake)
+            .arg(ids)
+            .invoke_async::<u64>(&mut conn)
+            .await?;
+        if count > 0 {
+            self.wake_local();
+        }
+        Ok(count)
+    }
+
+    /// Counts and the next due time.
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        let mut conn = self.conn.clone();
+        let (waiting, leased, dead, next_due, now_ms): (u64, u64, u64, i64, i64) = self
+            .scripts
+            .stats
+            .key(&self.keys.due)
+            .key(&self.keys.leased)
+            .key(&self.keys.dead)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Stats {
+            waiting,
+            leased,
+            dead,
+            next_due_ms: (next_due >= 0).then_some(next_due),
+            now_ms,
+        })
+    }
+
+    /// The dead-lettered jobs, oldest failure first.
+    pub async fn dead(&self) -> Result<Vec<DeadJob>, QueueError> {
+        let mut conn = self.conn.clone();
+        let records: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(&self.keys.dead)
+            .query_async(&mut conn)
+            .await?;
+        let mut dead = records
+            .into_iter()
+            .map(|(id, record)| {
+                let mut job: DeadJob = serde_json::from_str(&record).map_err(|e| {
+                    QueueError::Reply(format!("dead-letter record of {id} is `{record}`: {e}"))
+                })?;
+                job.id = id;
+                Ok(job)
+            })
+            .collect::<Result<Vec<_>, QueueError>>()?;
+        dead.sort_by(|a, b| (a.failed_at, &a.id).cmp(&(b.failed_at, &b.id)));
+        Ok(dead)
+    }
+
+    /// Deletes every key of the queue (tests and benchmarks clean up with it).
+    pub async fn delete(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let keys = &self.keys;
+        redis::cmd("DEL")
+            .arg(&keys.due)
+            .arg(&keys.leased)
+            .arg(&keys.jobs)
+            .arg(&keys.dead)
+            .arg(&keys.seq)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Listens on the wake channel until `shutdown`, waking this process' waiter on each
+    /// message. Reconnects by itself; after each (re)subscription it wakes the waiter too, since
+    /// messages sent while disconnected are lost.
+    pub async fn watch_wakes(self, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        let mut pause = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.keys.wake).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                subscribed = subscribed => subscribed,
+            };
+            match pubsub {
+                Ok(pubsub) => {
+                    pause = Duration::from_millis(50);
+                    tracing::debug!(channel = %self.keys.wake, "subscribed to wake-ups");
+                    self.wake_local();
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            message = messages.next() => match message {
+                                Some(_) => self.wake_local(),
+                                None => break,
+                            },
+                        }
+                    }
+                    tracing::warn!(channel = %self.keys.wake, "wake-up subscription lost; resubscribing");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot subscribe to wake-ups; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+fn parse_claim(reply: Vec<Value>, received: std::time::Instant) -> Result<Claim, QueueError> {
+    let bad = |what: &str| QueueError::Reply(format!("claim: {what}"));
+    let int = |value: &Value| -> Result<i64, QueueError> {
+        match value {
+            Value::Int(n) => Ok(*n),
+            Value::BulkString(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("a number was expected")),
+            _ => Err(bad("a number was expected")),
+        }
+    };
+    if reply.len() < 6 || !(reply.len() - 6).is_multiple_of(3) {
+        return Err(bad(&format!("{} values", reply.len())));
+    }
+    let now_us = int(&reply[0])? * 1_000_000 + int(&reply[1])?;
+    let token = int(&reply[2])? as u64;
+    let next_ms = int(&reply[3])?;
+    let pending = int(&reply[4])? as u64;
+    let reclaimed = int(&reply[5])? as usize;
+    let jobs = reply[6..]
+        .chunks(3)
+        .map(|job| {
+            let id = match &job[0] {
+                Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => return Err(bad("a job id was expected")),
+            };
+            Ok(Job {
+                id,
+                due_ms: int(&job[1])?,
+                attempts: int(&job[2])? as u32,
+                token,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Claim {
+        jobs,
+        reclaimed,
+        now_us,
+        next_ms: (next_ms >= 0).then_some(next_ms),
+        pending,
+        received,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_queue_shares_one_hash_tag() {
+        assert_eq!(
+            QueueName::new("ticketing", "expiration").tag(),
+            "{ticketing:expiration}"
+        );
+    }
+
+    #[test]
+    fn a_claim_reply_becomes_jobs_with_the_batch_token() {
+        let reply = vec![
+            Value::BulkString(b"1700000000".to_vec()),
+            Value::BulkString(b"250000".to_vec()),
+            Value::Int(7),
+            Value::Int(1_700_000_001_000),
+            Value::Int(3),
+            Value::Int(0),
+            Value::BulkString(b"a".to_vec()),
+            Value::Int(1_700_000_000_000),
+            Value::Int(1),
+        ];
+        let claim = parse_claim(reply, std::time::Instant::now()).unwrap();
+        assert_eq!(claim.now_us, 1_700_000_000_250_000);
+        assert_eq!(
+            claim.jobs,
+            [Job {
+                id: "a".into(),
+                due_ms: 1_700_000_000_000,
+                attempts: 1,
+                token: 7
+            }]
+        );
+        assert_eq!(claim.next_ms, Some(1_700_000_001_000));
+        assert!(claim.lateness(&claim.jobs[0]) >= Duration::from_millis(250));
+        assert!(claim.next_in().unwrap() <= Duration::from_millis(750));
+        assert!(parse_claim(vec![Value::Int(1)], std::time::Instant::now()).is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! The firing loop: claims due jobs from the [`Queue`] and hands each to a [`JobHandler`].
+//!
+//! The loop sleeps until the earliest due time (or lease expiry) the last claim reported, and is
+//! woken early when an earlier job is scheduled: by this process directly, by other replicas
+//! through the queue's wake channel. It claims no more jobs than it has free handler slots, so a
+//! lease never ticks away on a job waiting for a slot. A fired job is completed in batches by a
+//! separate task; a failed one is retried with exponential backoff, then dead-lettered.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::bus::Backoff;
+use common::telemetry::ErrorChain;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::queue::{Claim, Job, MAX_BATCH, Queue, QueueError, RetryOutcome};
+
+/// Any error a handler reports.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Does what a due job means. Called at least once per job: after a crash between firing and
+/// completion the job fires again, so the effect must be idempotent.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Fires `job`; an error makes the worker retry it later.
+    fn fire(&self, job: &Job) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// How a worker claims and retries.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Most jobs being fired at once by this process.
+    pub concurrency: usize,
+    /// How long a claimed job stays ours; past it, any replica may claim it again.
+    pub lease: Duration,
+    /// Claims of one job before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before a failed job is due again, by attempt.
+    pub backoff: Backoff,
+    /// Longest sleep without any wake-up: only a safety net for a wake message lost while the
+    /// subscription was reconnecting, never what normally decides when a job fires.
+    pub max_idle: Duration,
+    /// Test-only fault injection: claim jobs and never fire them, as a process stuck (then
+    /// killed) between claim and publish would. See `EXPIRATION_FAULT_HOLD_BEFORE_PUBLISH`.
+    pub hold_before_fire: bool,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 64,
+            lease: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff: Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+            max_idle: Duration::from_secs(1),
+            hold_before_fire: false,
+        }
+    }
+}
+
+/// What one [`Worker::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Jobs claimed.
+    pub claimed: usize,
+    /// Jobs fired and completed.
+    pub fired: usize,
+    /// Jobs whose handler failed (rescheduled or dead-lettered).
+    pub failed: usize,
+}
+
+/// Claims due jobs and fires them with `H`.
+pub struct Worker<H> {
+    context: Arc<Context<H>>,
+}
+
+struct Context<H> {
+    queue: Queue,
+    handler: H,
+    options: WorkerOptions,
+    metrics: Metrics,
+}
+
+impl<H: JobHandler> Worker<H> {
+    /// A worker on `queue` firing with `handler`, counting in `metrics`.
+    pub fn new(queue: Queue, handler: H, options: WorkerOptions, metrics: Metrics) -> Self {
+        Worker {
+            context: Arc::new(Context {
+                queue,
+                handler,
+                options,
+                metrics,
+            }),
+        }
+    }
+
+    /// One pass without timers, for tests: claims what is due (up to `concurrency`), fires it
+    /// all, completes what fired and retries what failed.
+    pub async fn step(&self) -> Result<Step, QueueError> {
+        let context = &self.context;
+        let options = &context.options;
+        let claim = context
+            .queue
+            .claim(options.concurrency.min(MAX_BATCH), options.lease)
+            .await?;
+        context.metrics.pending.set(claim.pending as i64);
+        let results = futures::future::join_all(
+            claim
+                .jobs
+                .iter()
+                .map(|job| async move { (job, context.handler.fire(job).await) }),
+        )
+        .await;
+        let mut done = Vec::new();
+        let mut failed = 0;
+        for (job, result) in results {
+            match result {
+                Ok(()) => {
+                    context.count_fired(&claim, job);
+                    done.push((job.id.clone(), job.token));
+                }
+                Err(e) => {
+                    failed += 1;
+                    context.fail(job, &*e).await;
+                }
+            }
+        }
+        let completed = context.queue.complete(&done).await?;
+        context
+            .metrics
+            .lease_lost
+            .inc_by(done.len() as u64 - completed);
+        Ok(Step {
+            claimed: claim.jobs.len(),
+            fired: done.len(),
+            failed,
+        })
+    }
+
+    /// Runs until `shutdown`: then claims nothing more, lets the jobs in hand finish and be
+    /// completed, and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let context = self.context;
+        let options = &context.options;
+        if options.hold_before_fire {
+            tracing::warn!(
+                "fault injection EXPIRATION_FAULT_HOLD_BEFORE_PUBLISH is on: claimed jobs are never fired (tests only)"
+            );
+        }
+        let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(complete_loop(
+            context.queue.clone(),
+            done_rx,
+            context.metrics.clone(),
+        ));
+        let mut in_hand = JoinSet::new();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            // Wait for a free slot before claiming, so no lease is taken on a job we cannot start.
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let limit = (1 + slots.available_permits()).min(MAX_BATCH);
+            let claim = match context.queue.claim(limit, options.lease).await {
+                Ok(claim) => claim,
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot claim jobs; trying again");
+                    drop(first);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(50);
+            context.metrics.pending.set(claim.pending as i64);
+            if claim.reclaimed > 0 {
+                tracing::warn!(
+                    count = claim.reclaimed,
+                    "took over jobs whose lease expired (a worker died or stalled)"
+                );
+            }
+            let full = claim.jobs.len() == limit;
+            let claim = Arc::new(claim);
+            let mut first = Some(first);
+            for job in claim.jobs.iter().cloned() {
+                let slot = match first.take() {
+                    Some(slot) => slot,
+                    // Only this loop takes slots, so the ones counted free above are still free.
+                    None => slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
+                in_hand.spawn(fire_one(
+                    context.clone(),
+                    claim.clone(),
+                    job,
+                    slot,
+                    done_tx.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            while in_hand.try_join_next().is_some() {}
+            if full {
+                continue;
+            }
+            let sleep = claim
+                .next_in()
+                .unwrap_or(options.max_idle)
+                .min(options.max_idle);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = context.queue.woken() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        tracing::info!(
+            in_hand = in_hand.len(),
+            "worker stopping; finishing jobs in hand"
+        );
+        while in_hand.join_next().await.is_some() {}
+        drop(done_tx);
+        let _ = completer.await;
+        tracing::info!("worker stopped");
+    }
+}
+
+impl<H: JobHandler> Context<H> {
+    fn count_fired(&self, claim: &Claim, job: &Job) {
+        self.metrics.fired.inc();
+        self.metrics
+            .lateness
+            .observe(claim.lateness(job).as_secs_f64());
+    }
+
+    /// Retries `job` after its backoff, or dead-letters it when out of attempts.
+    async fn fail(&self, job: &Job, error: &(dyn std::error::Error + Send + Sync)) {
+        let options = &self.options;
+        let delay = options.backoff.delay(u64::from(job.attempts));
+        let reason = ErrorChain(error).to_string();
+        match self
+            .queue
+            .retry(job, delay, options.max_attempts, &reason)
+            .await
+        {
+            Ok(RetryOutcome::Rescheduled) => {
+                self.metrics.retried.inc();
+                tracing::warn!(job = %job.id, attempts = job.attempts, ?delay, error = %reason, "firing failed; retrying after backoff");
+            }
+            Ok(RetryOutcome::DeadLettered) => {
+                self.metrics.dead_lettered.inc();
+                tracing::error!(job = %job.id, attempts = job.attempts, error = %reason, "firing failed for the last time; job dead-lettered");
+            }
+            Ok(RetryOutcome::LeaseLost) => {
+                tracing::info!(job = %job.id, "firing failed, but the job was moved or cancelled meanwhile");
+            }
+            Err(e) => {
+                // Nothing is lost: the lease expires and the job is claimed again.
+                tracing::warn!(job = %job.id, error = %ErrorChain(&e), "cannot reschedule a failed job; it fires again when its lease expires");
+            }
+        }
+    }
+}
+
+async fn fire_one<H: JobHandler>(
+    context: Arc<Context<H>>,
+    claim: Arc<Claim>,
+    job: Job,
+    slot: OwnedSemaphorePermit,
+    done: mpsc::UnboundedSender<(String, u64)>,
+    shutdown: CancellationToken,
+) {
+    let _slot = slot;
+    if context.options.hold_before_fire {
+        tracing::warn!(job = %job.id, attempts = job.attempts, "holding a claimed job before publishing (fault injection)");
+        shutdown.cancelled().await;
+        return;
+    }
+    match context.handler.fire(&job).await {
+        Ok(()) => {
+            context.count_fired(&claim, &job);
+            tracing::debug!(job = %job.id, lateness = ?claim.lateness(&job), "fired");
+            let _ = done.send((job.id, job.token));
+        }
+        Err(e) => context.fail(&job, &*e).await,
+    }
+}
+
+/// Completes fired jobs in batches of whatever has arrived since the last call.
+async fn complete_loop(
+    queue: Queue,
+    mut done: mpsc::UnboundedReceiver<(String, u64)>,
+    metrics: Metrics,
+) {
+    let mut batch = Vec::new();
+    while done.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match queue.complete(&batch).await {
+                Ok(completed) => {
+                    metrics.lease_lost.inc_by(batch.len() as u64 - completed);
+                    break;
+                }
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot complete fired jobs; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    // They fire once more after their lease; the message id absorbs the duplicate.
+                    tracing::error!(error = %ErrorChain(&e), count = batch.len(), "giving up completing fired jobs; they will fire again after their lease");
+                }
+            }
+        }
+        batch.clear();
+    }
+}
