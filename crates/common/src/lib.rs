@@ -6,12 +6,14 @@
 //! - [`bus`]: NATS JetStream: connecting, making sure the stream exists, the generic
 //!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
 //! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
+//! - [`env`]: the environment variables a binary reads, printed by `--env-vars`.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, and a tiny server for workers.
 //! - [`telemetry`]: `tracing` set-up (pretty or JSON by `LOG_FORMAT`, level by `RUST_LOG`).
 //! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token.
 //! - `testing` (feature `testing`): the local stack's addresses and a private stream per test.
 
 pub mod bus;
+pub mod env;
 pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
