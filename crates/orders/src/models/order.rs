@@ -1,0 +1,305 @@
+//! Orders: the reservation, the state changes with their version bumps, and the outbox.
+//!
+//! Double booking is impossible without a read-then-write: `reservation` has a unique index and
+//! holds the ticket id while the order reserves its ticket (`created`, `awaiting:payment`,
+//! `complete`), and the order's own id once cancelled. Inserting a second reserving order for one
+//! ticket fails with a duplicate key, whatever the timing.
+//!
+//! Events are not lost between the write and the publish: each change appends its event to the
+//! order's `outbox` array in the same single-document update; the outbox relay publishes and
+//! removes them.
+
+use chrono::{DateTime, Utc};
+use common::events::{
+    OrderCancelled, OrderCancelledTicket, OrderCreated, OrderCreatedTicket, OrderStatus,
+};
+use common::{Event, Subject};
+use futures::TryStreamExt;
+use mongodb::bson::{self, Document, doc, oid::ObjectId};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, Ticket, is_duplicate_key};
+
+/// An event waiting in an order's outbox: its `Nats-Msg-Id`, subject and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub id: String,
+    pub subject: String,
+    pub body: String,
+}
+
+impl OutboxEntry {
+    /// The entry publishing `event`.
+    pub fn of<E: Event>(event: &E) -> Self {
+        OutboxEntry {
+            id: event.message_id(),
+            subject: E::SUBJECT.as_str().to_owned(),
+            body: serde_json::to_string(event).expect("events serialise to JSON"),
+        }
+    }
+
+    /// The subject to publish on, if it is one of ours.
+    pub fn subject(&self) -> Option<Subject> {
+        Subject::parse(&self.subject)
+    }
+
+    /// The entry as stored. `$pull` removes it by equality with this document, so the field
+    /// order must stay the one serde writes (FerretDB 1.24 ignores `$pull` conditions on fields).
+    pub fn to_document(&self) -> Document {
+        doc! { "id": &self.id, "subject": &self.subject, "body": &self.body }
+    }
+}
+
+/// An order as stored in the `orders` collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub expires_at: bson::DateTime,
+    /// The ticket's id (its replica in `tickets`).
+    pub ticket: ObjectId,
+    pub version: i64,
+    /// Unique: the ticket id while this order reserves it, the order's own id once cancelled.
+    pub reservation: ObjectId,
+    /// Events written with the change that caused them, not yet acknowledged by JetStream.
+    #[serde(default)]
+    pub outbox: Vec<OutboxEntry>,
+}
+
+impl Order {
+    /// `expiresAt` as a UTC instant.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.expires_at.timestamp_millis()).unwrap_or_default()
+    }
+}
+
+/// The outcome of inserting a reserving order.
+#[derive(Debug, Clone)]
+pub enum Reservation {
+    /// The order now holds the ticket.
+    Created(Order),
+    /// Another order holds it.
+    AlreadyReserved,
+}
+
+/// The outcome of a state change.
+#[derive(Debug, Clone)]
+pub enum OrderChange {
+    /// Applied: the order after the change, its new event (if any) in the outbox.
+    Changed(Order),
+    /// Not applicable to the order's current status; nothing was written.
+    Unchanged(Order),
+    /// The order does not exist.
+    Missing,
+}
+
+/// Statuses in which an order still holds its ticket and may be cancelled or paid.
+const OPEN: [&str; 2] = [
+    OrderStatus::Created.as_str(),
+    OrderStatus::AwaitingPayment.as_str(),
+];
+
+/// The `orders` collection.
+#[derive(Debug, Clone)]
+pub struct Orders {
+    collection: Collection<Order>,
+}
+
+impl Orders {
+    /// The collection in `db`.
+    pub fn new(db: &Database) -> Self {
+        Orders {
+            collection: db.collection("orders"),
+        }
+    }
+
+    /// Creates the indexes of the reservation, the user's list and the relay's scan.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        let indexes = [
+            IndexModel::builder()
+                .keys(doc! { "reservation": 1 })
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "userId": 1, "_id": 1 })
+                .build(),
+            IndexModel::builder().keys(doc! { "outbox.id": 1 }).build(),
+        ];
+        self.collection.create_indexes(indexes).await?;
+        Ok(())
+    }
+
+    /// Inserts a `created` order at version 0 for `ticket`, with its `order:created` in the
+    /// outbox, unless another order reserves the ticket.
+    pub async fn reserve(
+        &self,
+        user_id: &str,
+        ticket: &Ticket,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Reservation, StoreError> {
+        // Millisecond precision, as stored, so the event and the document agree.
+        let expires_at = bson::DateTime::from_millis(expires_at.timestamp_millis());
+        let mut order = Order {
+            id: ObjectId::new(),
+            user_id: user_id.to_owned(),
+            status: OrderStatus::Created,
+            expires_at,
+            ticket: ticket.id,
+            version: 0,
+            reservation: ticket.id,
+            outbox: Vec::new(),
+        };
+        let event = OrderCreated {
+            id: order.id.to_hex(),
+            version: 0,
+            status: OrderStatus::Created,
+            user_id: order.user_id.clone(),
+            expires_at: order.expires_at(),
+            ticket: OrderCreatedTicket {
+                id: ticket.id.to_hex(),
+                price: ticket.price,
+            },
+        };
+        order.outbox.push(OutboxEntry::of(&event));
+        match self.collection.insert_one(&order).await {
+            Ok(_) => Ok(Reservation::Created(order)),
+            Err(e) if is_duplicate_key(&e) => Ok(Reservation::AlreadyReserved),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The order with `id`.
+    pub async fn get(&self, id: ObjectId) -> Result<Option<Order>, StoreError> {
+        Ok(self.collection.find_one(doc! { "_id": id }).await?)
+    }
+
+    /// The orders of `user_id`, oldest first.
+    pub async fn for_user(&self, user_id: &str) -> Result<Vec<Order>, StoreError> {
+        Ok(self
+            .collection
+            .find(doc! { "userId": user_id })
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Cancels `order` (as last read) if it is `created` or `awaiting:payment`: releases the
+    /// ticket, bumps the version and queues `order:cancelled`. A `cancelled` or `complete` order
+    /// is left as it is. Racing writers (a DELETE and an expiry at once) cannot both cancel: the
+    /// update only applies at the version read, and the loser re-reads and finds it cancelled.
+    pub async fn cancel(&self, order: Order) -> Result<OrderChange, StoreError> {
+        self.change(order, |current| {
+            let event = OrderCancelled {
+                id: current.id.to_hex(),
+                version: next_version(current),
+                ticket: OrderCancelledTicket {
+                    id: current.ticket.to_hex(),
+                },
+            };
+            doc! {
+                "$set": { "status": OrderStatus::Cancelled.as_str(), "reservation": current.id },
+                "$inc": { "version": 1_i64 },
+                "$push": { "outbox": OutboxEntry::of(&event).to_document() },
+            }
+        })
+        .await
+    }
+
+    /// Marks `order` paid if it is `created` or `awaiting:payment`; publishes nothing, as the
+    /// Node service did not either.
+    pub async fn complete(&self, order: Order) -> Result<OrderChange, StoreError> {
+        self.change(order, |_| {
+            doc! {
+                "$set": { "status": OrderStatus::Complete.as_str() },
+                "$inc": { "version": 1_i64 },
+            }
+        })
+        .await
+    }
+
+    /// Applies `update` to an open order at the version it was read at, re-reading after a race.
+    async fn change(
+        &self,
+        mut current: Order,
+        update: impl Fn(&Order) -> Document,
+    ) -> Result<OrderChange, StoreError> {
+        loop {
+            if !current.status.reserves_ticket() || current.status == OrderStatus::Complete {
+                return Ok(OrderChange::Unchanged(current));
+            }
+            let changed = self
+                .collection
+                .find_one_and_update(
+                    doc! { "_id": current.id, "version": current.version, "status": { "$in": OPEN.as_slice() } },
+                    update(&current),
+                )
+                .return_document(ReturnDocument::After)
+                .await?;
+            match changed {
+                Some(order) => return Ok(OrderChange::Changed(order)),
+                None => match self.get(current.id).await? {
+                    Some(order) => current = order,
+                    None => return Ok(OrderChange::Missing),
+                },
+            }
+        }
+    }
+
+    /// Removes a published entry from the outbox of order `id`.
+    pub async fn pull(&self, id: ObjectId, entry: &OutboxEntry) -> Result<(), StoreError> {
+        self.collection
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$pull": { "outbox": entry.to_document() } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` orders with unpublished events, oldest first.
+    pub async fn pending(&self, limit: i64) -> Result<Vec<Order>, StoreError> {
+        Ok(self
+            .collection
+            .find(doc! { "outbox.id": { "$exists": true } })
+            .sort(doc! { "_id": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+}
+
+fn next_version(order: &Order) -> u64 {
+    u64::try_from(order.version + 1).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_entry_carries_the_event_its_subject_and_its_message_id() {
+        let event = OrderCancelled {
+            id: "6745a1f0c2b1a4d5e6f70812".into(),
+            version: 1,
+            ticket: OrderCancelledTicket {
+                id: "6745a1d2c2b1a4d5e6f70810".into(),
+            },
+        };
+        let entry = OutboxEntry::of(&event);
+        assert_eq!(entry.subject(), Some(Subject::OrderCancelled));
+        assert_eq!(entry.id, "order:cancelled:6745a1f0c2b1a4d5e6f70812:1");
+        assert_eq!(
+            entry.body,
+            r#"{"id":"6745a1f0c2b1a4d5e6f70812","version":1,"ticket":{"id":"6745a1d2c2b1a4d5e6f70810"}}"#
+        );
+        // `$pull` matches by whole-document equality: the stored form must be what serde writes.
+        assert_eq!(entry.to_document(), bson::to_document(&entry).unwrap());
+    }
+}

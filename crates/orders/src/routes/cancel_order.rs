@@ -1,0 +1,34 @@
+//! `DELETE /api/orders/{order_id}`: cancel an order and release its ticket.
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use common::events::OrderStatus;
+use common::http::{ApiError, RequireAuth};
+use http::StatusCode;
+
+use super::AppState;
+use super::show_order::owned_order;
+use crate::models::OrderChange;
+
+/// 204 once cancelled (also when it already was, without a new version or event); 400 for a
+/// paid order; otherwise as `GET /api/orders/{order_id}`.
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    RequireAuth(user): RequireAuth,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(order_id) = path?;
+    let order = owned_order(&state, &user.id, &order_id).await?;
+    match state.orders.cancel(order).await? {
+        OrderChange::Changed(order) => {
+            tracing::info!(order_id = %order.id, version = order.version, "order cancelled");
+            state.outbox.publish_now(&order).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        OrderChange::Unchanged(order) if order.status == OrderStatus::Complete => Err(
+            ApiError::BadRequest("A paid (complete) order cannot be cancelled".into()),
+        ),
+        OrderChange::Unchanged(_) => Ok(StatusCode::NO_CONTENT),
+        OrderChange::Missing => Err(ApiError::NotFound),
+    }
+}

@@ -1,0 +1,292 @@
+//! Building and running the service: used by `main` and, on port 0 with a database and stream
+//! of their own, by the integration tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream;
+use common::bus::{self, BusError, Listener, ListenerOptions, Publisher};
+use common::ops::Ops;
+use common::telemetry::ErrorChain;
+use mongodb::Database;
+use mongodb::bson::doc;
+use mongodb::options::ClientOptions;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, redact_credentials};
+use crate::listeners::{
+    ExpirationCompleteListener, PaymentCreatedListener, TicketCreatedListener,
+    TicketUpdatedListener,
+};
+use crate::metrics::Metrics;
+use crate::models::{self, Orders, StoreError, Tickets};
+use crate::outbox::Outbox;
+use crate::routes::{self, AppState};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid MONGO_URI `{uri}`")]
+    MongoUri {
+        uri: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error("MongoDB at `{uri}` does not answer")]
+    Mongo {
+        uri: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error("cannot create the MongoDB indexes")]
+    Indexes(#[source] StoreError),
+    #[error(transparent)]
+    Nats(#[from] BusError),
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built service, bound to its port, ready to [`run`](Application::run).
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    database: Database,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    config: Config,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects to MongoDB (creating the indexes) and NATS (creating the stream), and binds the
+    /// port. The service stops when `shutdown` is cancelled.
+    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
+        let uri = redact_credentials(&config.mongo_uri);
+        let mut options = ClientOptions::parse(&config.mongo_uri)
+            .await
+            .map_err(|source| StartupError::MongoUri {
+                uri: uri.clone(),
+                source,
+            })?;
+        options.app_name = Some("orders".into());
+        // Fail a request with 503 after a few seconds rather than hold it for the default 30 s.
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        let client =
+            mongodb::Client::with_options(options).map_err(|source| StartupError::MongoUri {
+                uri: uri.clone(),
+                source,
+            })?;
+        let database = client.database(&config.database);
+        database
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|source| StartupError::Mongo { uri, source })?;
+        models::ensure_indexes(&database)
+            .await
+            .map_err(StartupError::Indexes)?;
+
+        let nats = bus::connect(&config.nats).await?;
+        let js = jetstream::new(nats.clone());
+        bus::ensure_stream(&js, &config.nats.stream).await?;
+
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let orders = Orders::new(&database);
+        let publisher = Publisher::new(
+            js.clone(),
+            config.nats.stream.clone(),
+            Some(metrics.bus.clone()),
+        );
+        let outbox = Arc::new(Outbox::new(
+            orders.clone(),
+            publisher,
+            nats.clone(),
+            config.publish_timeout,
+        ));
+        let ops = Ops::new(registry)
+            .with_check("mongodb", {
+                let database = database.clone();
+                move || {
+                    let database = database.clone();
+                    async move {
+                        database
+                            .run_command(doc! { "ping": 1 })
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            })
+            .with_check("nats", {
+                let nats = nats.clone();
+                move || {
+                    let state = nats.connection_state();
+                    async move {
+                        match state {
+                            State::Connected => Ok(()),
+                            other => Err(other.to_string()),
+                        }
+                    }
+                }
+            });
+        let state = AppState {
+            orders,
+            tickets: Tickets::new(&database),
+            outbox,
+            jwt_key: config.jwt_key.clone(),
+            metrics,
+            ops: Arc::new(ops),
+            expiration_window: config.expiration_window,
+        };
+
+        let address = SocketAddr::from(([0, 0, 0, 0], config.port));
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartupError::Bind { address, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { address, source })?
+            .port();
+        Ok(Application {
+            listener,
+            port,
+            state,
+            database,
+            nats,
+            js,
+            config,
+            shutdown,
+        })
+    }
+
+    /// The port the API listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The database holding `orders` and `tickets`.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Serves the API, runs the listeners and the outbox relay until shutdown; then stops
+    /// accepting, lets requests and messages in hand finish, flushes the outbox and drains NATS.
+    pub async fn run(self) -> Result<(), StartupError> {
+        let Application {
+            listener,
+            state,
+            nats,
+            js,
+            config,
+            shutdown,
+            ..
+        } = self;
+        let mut options = ListenerOptions::new(config.nats.stream.clone());
+        options.metrics = Some(state.metrics.bus.clone());
+        let mut listeners = JoinSet::new();
+        spawn_listener(
+            &mut listeners,
+            &js,
+            TicketCreatedListener {
+                tickets: state.tickets.clone(),
+            },
+            &options,
+            &shutdown,
+        );
+        spawn_listener(
+            &mut listeners,
+            &js,
+            TicketUpdatedListener {
+                tickets: state.tickets.clone(),
+            },
+            &options,
+            &shutdown,
+        );
+        spawn_listener(
+            &mut listeners,
+            &js,
+            ExpirationCompleteListener {
+                orders: state.orders.clone(),
+                outbox: state.outbox.clone(),
+            },
+            &options,
+            &shutdown,
+        );
+        spawn_listener(
+            &mut listeners,
+            &js,
+            PaymentCreatedListener {
+                orders: state.orders.clone(),
+                metrics: state.metrics.clone(),
+            },
+            &options,
+            &shutdown,
+        );
+        // The relay outlives requests and listeners so that its last pass sees all their events.
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(
+            state
+                .outbox
+                .clone()
+                .run(config.relay_interval, relay_stop.clone()),
+        );
+
+        tracing::info!(port = self.port, "orders service listening");
+        let served = axum::serve(listener, routes::router(state, config.body_limit))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        // A server error ends the service too.
+        shutdown.cancel();
+        while listeners.join_next().await.is_some() {}
+        relay_stop.cancel();
+        if let Err(e) = relay.await {
+            tracing::error!(error = %e, "outbox relay task failed");
+        }
+        if let Err(e) = nats.drain().await {
+            tracing::warn!(error = %ErrorChain(&e), "draining NATS failed");
+        }
+        tracing::info!("orders service stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// Runs `listener` until shutdown, starting it again if its consumer cannot be set up (NATS
+/// down at start, stream recreated).
+fn spawn_listener<L: Listener>(
+    set: &mut JoinSet<()>,
+    js: &jetstream::Context,
+    listener: L,
+    options: &ListenerOptions,
+    shutdown: &CancellationToken,
+) {
+    let js = js.clone();
+    let listener = Arc::new(listener);
+    let options = options.clone();
+    let shutdown = shutdown.clone();
+    set.spawn(async move {
+        while !shutdown.is_cancelled() {
+            match bus::run_listener(&js, listener.clone(), &options, shutdown.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "listener stopped; starting it again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    });
+}

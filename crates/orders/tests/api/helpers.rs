@@ -1,0 +1,305 @@
+//! Starting the service for one test, and talking to it over HTTP.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::bus::{StreamSpec, consumer_name};
+use common::http::{JwtKey, UserPayload, auth::session_cookie};
+use common::testing::{TestStream, mongo_uri, nats_url, unique_name};
+use common::{Event, Subject};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use mongodb::Database;
+use mongodb::bson::oid::ObjectId;
+use orders::models::{Order, Orders, Ticket, Tickets};
+use orders::startup::StartupError;
+use orders::{Application, Config};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const JWT_SECRET: &str = "test-jwt-key";
+
+/// A running service with its own database and stream.
+pub struct TestApp {
+    pub port: u16,
+    pub stream: TestStream,
+    pub db: Database,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), StartupError>>,
+}
+
+/// An answer of the service.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.body))
+    }
+
+    /// The messages of a SPEC error body.
+    pub fn messages(&self) -> Vec<String> {
+        self.json()["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// The settings of a test's service: the local stack, a database named after the test's
+/// stream, port 0 and a fast relay.
+pub fn test_config(spec: &StreamSpec, nats: &str) -> Config {
+    let database = spec.name.replace('.', "_");
+    let uri = format!("{}/{database}", mongo_uri().trim_end_matches('/'));
+    let env = [
+        ("JWT_KEY", JWT_SECRET.to_owned()),
+        ("MONGO_URI", uri),
+        ("NATS_URL", nats.to_owned()),
+        ("NATS_CLUSTER_ID", spec.name.clone()),
+        ("NATS_SUBJECT_PREFIX", spec.subject_prefix.clone()),
+        ("PORT", "0".to_owned()),
+    ];
+    let mut config = Config::from_lookup(|name| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    })
+    .expect("test configuration");
+    config.relay_interval = Duration::from_millis(100);
+    config
+}
+
+/// Logs to the test output when `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        common::telemetry::init();
+    }
+}
+
+impl TestApp {
+    /// Starts the service on a fresh stream and database.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// As [`TestApp::spawn`], adjusting the configuration first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        init_logs();
+        let stream = TestStream::new().await;
+        let mut config = test_config(&stream.spec, &nats_url());
+        adjust(&mut config);
+        let (port, db, shutdown, task) = start(config).await;
+        TestApp {
+            port,
+            stream,
+            db,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the service (as SIGTERM would), then removes its database and stream.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the service stops within 15 s")
+            .expect("the service task does not panic")
+            .expect("the service stops cleanly");
+        let _ = self.db.drop().await;
+        self.stream.delete().await;
+    }
+
+    pub fn orders(&self) -> Orders {
+        Orders::new(&self.db)
+    }
+
+    pub fn tickets(&self) -> Tickets {
+        Tickets::new(&self.db)
+    }
+
+    /// Stores a ticket replica directly, as `ticket:created` would.
+    pub async fn ticket(&self, title: &str, price: f64) -> Ticket {
+        let ticket = Ticket {
+            id: ObjectId::new(),
+            title: title.to_owned(),
+            price,
+            version: 0,
+        };
+        assert!(self.tickets().insert(&ticket).await.unwrap());
+        ticket
+    }
+
+    /// The stored order `id`.
+    pub async fn order(&self, id: &str) -> Order {
+        self.orders()
+            .get(ObjectId::parse_str(id).unwrap())
+            .await
+            .unwrap()
+            .expect("the order is stored")
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Answer {
+        send(self.port, method, path, headers, body).await
+    }
+
+    pub async fn get(&self, path: &str, cookie: &str) -> Answer {
+        self.send(Method::GET, path, &[("cookie", cookie)], None)
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, cookie: &str) -> Answer {
+        self.send(Method::DELETE, path, &[("cookie", cookie)], None)
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, cookie: &str, body: &Value) -> Answer {
+        self.send(
+            Method::POST,
+            path,
+            &[("cookie", cookie), ("content-type", "application/json")],
+            Some(Bytes::from(body.to_string())),
+        )
+        .await
+    }
+
+    /// `POST /api/orders` for `ticket_id`.
+    pub async fn order_ticket(&self, cookie: &str, ticket_id: &ObjectId) -> Answer {
+        self.post_json(
+            "/api/orders",
+            cookie,
+            &serde_json::json!({ "ticketId": ticket_id.to_hex() }),
+        )
+        .await
+    }
+
+    /// Publishes `event` under a message id of its own, so that JetStream stores it even if the
+    /// same event was published before: a redelivery as consumers see it.
+    pub async fn redeliver<E: Event>(&self, event: &E) {
+        self.stream
+            .publisher()
+            .publish_body(
+                E::SUBJECT,
+                &unique_name("redelivery"),
+                Bytes::from(serde_json::to_vec(event).unwrap()),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the service's consumer of `subject` has acknowledged everything on it.
+    pub async fn wait_until_acked(&self, subject: Subject) {
+        let stream = self
+            .stream
+            .js
+            .get_stream(&self.stream.spec.name)
+            .await
+            .unwrap();
+        let name = consumer_name(orders::listeners::QUEUE_GROUP, subject);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(info) = stream.consumer_info(&name).await
+                && info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.consumer_sequence > 0
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{subject} not all acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Builds and runs the service; returns its port, database, stop token and task.
+pub async fn start(
+    config: Config,
+) -> (
+    u16,
+    Database,
+    CancellationToken,
+    JoinHandle<Result<(), StartupError>>,
+) {
+    let shutdown = CancellationToken::new();
+    let app = Application::build(config, shutdown.clone())
+        .await
+        .expect("the service starts");
+    let port = app.port();
+    let db = app.database().clone();
+    let task = tokio::spawn(app.run());
+    (port, db, shutdown, task)
+}
+
+/// One request on a fresh connection.
+pub async fn send(
+    port: u16,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+) -> Answer {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the service accepts connections");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "orders.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.unwrap_or_default())).unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// A user as the auth service puts it in the token.
+pub fn user(id: &str) -> UserPayload {
+    UserPayload {
+        id: id.to_owned(),
+        email: format!("{id}@test.com"),
+        iat: Some(1_764_000_000),
+    }
+}
+
+/// A `session` cookie header for a new user; returns the header and the user id.
+pub fn signed_in() -> (String, String) {
+    let id = ObjectId::new().to_hex();
+    (
+        session_cookie(&JwtKey::new(JWT_SECRET.as_bytes()).sign(&user(&id))),
+        id,
+    )
+}

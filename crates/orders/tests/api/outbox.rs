@@ -1,0 +1,298 @@
+//! No lost events: with NATS down, after a crash, and on restart.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use common::Subject;
+use common::bus::{Publisher, StreamSpec};
+use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
+use common::testing::{TestStream, eventually, unique_name};
+use http::{Method, StatusCode};
+use mongodb::bson::{self, oid::ObjectId};
+use orders::models::{Order, OutboxEntry};
+
+use super::helpers::{init_logs, send, signed_in, start, test_config};
+
+/// A NATS server of the test's own, which it can stop and start again on the same port and
+/// storage directory.
+struct OwnNats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    fn start() -> OwnNats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(unique_name("orders-nats"));
+        let mut nats = OwnNats {
+            port,
+            dir,
+            child: None,
+        };
+        nats.resume();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn resume(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (scripts/stack up installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn bodies(js: &jetstream::Context, spec: &StreamSpec, subject: Subject) -> Vec<String> {
+    let Ok(stream) = js.get_stream(&spec.name).await else {
+        return Vec::new();
+    };
+    let last = stream
+        .get_info()
+        .await
+        .map(|i| i.state.last_sequence)
+        .unwrap_or(0);
+    let mut found = Vec::new();
+    for sequence in 1..=last {
+        if let Ok(message) = stream.get_raw_message(sequence).await
+            && message.subject.as_str() == spec.subject(subject)
+        {
+            found.push(String::from_utf8_lossy(&message.payload).into_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() {
+    init_logs();
+    let mut nats = OwnNats::start();
+    let name = unique_name("outbox");
+    let spec = StreamSpec {
+        subject_prefix: format!("{name}."),
+        name,
+    };
+    let (port, db, shutdown, task) = start(test_config(&spec, &nats.url())).await;
+    let tickets = orders::models::Tickets::new(&db);
+    let ticket = orders::models::Ticket {
+        id: ObjectId::new(),
+        title: "t".into(),
+        price: 20.0,
+        version: 0,
+    };
+    tickets.insert(&ticket).await.unwrap();
+    let (cookie, _) = signed_in();
+
+    nats.stop();
+    let body = serde_json::json!({ "ticketId": ticket.id.to_hex() }).to_string();
+    let headers = [
+        ("cookie", cookie.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let answer = send(
+        port,
+        Method::POST,
+        "/api/orders",
+        &headers,
+        Some(body.into()),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let id = answer.json()["id"].as_str().unwrap().to_owned();
+    let orders = orders::models::Orders::new(&db);
+    let pending = orders
+        .get(ObjectId::parse_str(&id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.outbox.len(), 1, "the event waits in the outbox");
+
+    nats.resume();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    eventually(
+        Duration::from_secs(20),
+        "order:created after NATS returned",
+        || async { !bodies(&js, &spec, Subject::OrderCreated).await.is_empty() },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "the outbox emptied", || async {
+        orders
+            .get(pending.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .outbox
+            .is_empty()
+    })
+    .await;
+    // Several relay passes later there is still exactly one copy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = bodies(&js, &spec, Subject::OrderCreated).await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    let event: OrderCreated = serde_json::from_str(&published[0]).unwrap();
+    assert_eq!((event.id.as_str(), event.version), (id.as_str(), 0));
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = js.delete_stream(&spec.name).await;
+    let _ = db.drop().await;
+}
+
+/// An order as a crash between the write and the publish leaves it.
+fn order_with_pending_event(ticket: ObjectId) -> (Order, OrderCreated) {
+    let id = ObjectId::new();
+    let expires_at = bson::DateTime::from_millis(Utc::now().timestamp_millis() + 900_000);
+    let event = OrderCreated {
+        id: id.to_hex(),
+        version: 0,
+        status: OrderStatus::Created,
+        user_id: ObjectId::new().to_hex(),
+        expires_at: chrono::DateTime::from_timestamp_millis(expires_at.timestamp_millis()).unwrap(),
+        ticket: OrderCreatedTicket {
+            id: ticket.to_hex(),
+            price: 20.0,
+        },
+    };
+    let order = Order {
+        id,
+        user_id: event.user_id.clone(),
+        status: OrderStatus::Created,
+        expires_at,
+        ticket,
+        version: 0,
+        reservation: ticket,
+        outbox: vec![OutboxEntry::of(&event)],
+    };
+    (order, event)
+}
+
+#[tokio::test]
+async fn events_left_by_a_crash_are_published_at_start_up_without_duplicates() {
+    init_logs();
+    let stream = TestStream::new().await;
+    let config = test_config(&stream.spec, &common::testing::nats_url());
+    let client = mongodb::Client::with_uri_str(&config.mongo_uri)
+        .await
+        .unwrap();
+    let db = client.database(&config.database);
+    let orders = orders::models::Orders::new(&db);
+    let (never_published, first) = order_with_pending_event(ObjectId::new());
+    let (published_not_pulled, second) = order_with_pending_event(ObjectId::new());
+    let collection = db.collection::<Order>("orders");
+    collection.insert_one(&never_published).await.unwrap();
+    collection.insert_one(&published_not_pulled).await.unwrap();
+    // The second crashed after JetStream's ack but before removing the entry.
+    Publisher::new(stream.js.clone(), stream.spec.clone(), None)
+        .publish(&second)
+        .await
+        .unwrap();
+
+    let (_, _, shutdown, task) = start(config).await;
+    let events = stream
+        .wait_for::<OrderCreated>(2, Duration::from_secs(10))
+        .await;
+    eventually(Duration::from_secs(5), "both outboxes emptied", || async {
+        orders.pending(10).await.unwrap().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events_after = stream.events::<OrderCreated>().await;
+    assert_eq!(events_after.len(), 2, "{events_after:?}");
+    let mut ids: Vec<_> = events.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![first.id.clone(), second.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert_eq!(events_after.iter().find(|e| e.id == first.id), Some(&first));
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = db.drop().await;
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn the_relay_keeps_an_orders_events_in_the_order_they_happened() {
+    init_logs();
+    let stream = TestStream::new().await;
+    let config = test_config(&stream.spec, &common::testing::nats_url());
+    let client = mongodb::Client::with_uri_str(&config.mongo_uri)
+        .await
+        .unwrap();
+    let db = client.database(&config.database);
+    let (order, _) = order_with_pending_event(ObjectId::new());
+    db.collection::<Order>("orders")
+        .insert_one(&order)
+        .await
+        .unwrap();
+    // Cancelled before anything was published: both events wait, created first.
+    let orders = orders::models::Orders::new(&db);
+    let cancelled = match orders.cancel(order).await.unwrap() {
+        orders::models::OrderChange::Changed(order) => order,
+        other => panic!("not cancelled: {other:?}"),
+    };
+    assert_eq!(cancelled.outbox.len(), 2);
+
+    let (_, _, shutdown, task) = start(config).await;
+    eventually(Duration::from_secs(10), "both events", || async {
+        stream.bodies(Subject::OrderCancelled).await.len() == 1
+    })
+    .await;
+    let created = stream.bodies(Subject::OrderCreated).await;
+    assert_eq!(created.len(), 1);
+    let info = stream.js.get_stream(&stream.spec.name).await.unwrap();
+    let first = info.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        first.subject.as_str(),
+        stream.spec.subject(Subject::OrderCreated)
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = db.drop().await;
+    stream.delete().await;
+}

@@ -1,0 +1,118 @@
+//! The `orders` binary: configuration errors and a clean stop on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::testing::{TestStream, mongo_uri};
+
+fn orders_binary(env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orders"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null());
+    command
+}
+
+fn full_env(stream: &TestStream) -> Vec<(&'static str, String)> {
+    let mut env = stream.env();
+    env.push(("JWT_KEY", "a-secret-that-must-not-be-logged".into()));
+    env.push((
+        "MONGO_URI",
+        format!("{}/{}", mongo_uri().trim_end_matches('/'), stream.spec.name),
+    ));
+    env.push(("PORT", "0".into()));
+    env
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_jwt_key_or_mongo_uri_and_names_it() {
+    let stream = TestStream::new().await;
+    for missing in ["JWT_KEY", "MONGO_URI"] {
+        let env: Vec<_> = full_env(&stream)
+            .into_iter()
+            .filter(|(k, _)| *k != missing)
+            .collect();
+        let output = orders_binary(&env).output().unwrap();
+        assert!(!output.status.success(), "started without {missing}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("{missing} must be set")),
+            "{stderr}"
+        );
+    }
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn the_binary_stops_cleanly_on_sigterm_without_logging_the_key() {
+    let stream = TestStream::new().await;
+    let env = full_env(&stream);
+    let mut child = orders_binary(&env)
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once it says it listens.
+    let started = Instant::now();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("orders service listening"))
+    {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("never listened: {lines:?}"));
+        lines.push(line);
+    }
+    let pid = child.id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not stop within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    lines.extend(lines_rx.iter());
+    let all = lines.join("\n");
+    assert!(all.contains("orders service listening"), "{all}");
+    assert!(all.contains("orders service stopped"), "{all}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "JSON logs: {all}"
+    );
+    assert!(!all.contains("a-secret-that-must-not-be-logged"));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let _ = mongodb::Client::with_uri_str(mongo_uri())
+        .await
+        .unwrap()
+        .database(&stream.spec.name)
+        .drop()
+        .await;
+    stream.delete().await;
+}
