@@ -4,10 +4,49 @@ use std::fmt;
 use std::time::Duration;
 
 use common::bus::{BusError, NatsConfig};
+use common::env::{EnvVar, NATS, TELEMETRY};
 use common::http::JwtKey;
 
 /// Database used when `MONGO_URI` names none (`mongodb://host:27017`).
 pub const DEFAULT_DATABASE: &str = "orders";
+
+/// The variables [`Config::from_env`] reads itself (NATS and logging ones come from `common`).
+pub const ORDERS_VARS: [EnvVar; 4] = [
+    EnvVar {
+        name: "MONGO_URI",
+        required: true,
+        default: None,
+        about: "MongoDB URI; its path names the database (`orders` when absent)",
+    },
+    EnvVar {
+        name: "JWT_KEY",
+        required: true,
+        default: None,
+        about: "HS256 secret shared with the auth service; never logged",
+    },
+    EnvVar {
+        name: "EXPIRATION_WINDOW_SECONDS",
+        required: false,
+        default: Some("900"),
+        about: "how long a new order holds its ticket",
+    },
+    EnvVar {
+        name: "PORT",
+        required: false,
+        default: Some("3000"),
+        about: "HTTP port of the API and of /healthz, /readyz, /metrics",
+    },
+];
+
+/// Every variable the `orders` binary reads, as `orders --env-vars` prints them.
+pub fn env_vars() -> Vec<EnvVar> {
+    ORDERS_VARS
+        .iter()
+        .chain(NATS.iter())
+        .chain(TELEMETRY.iter())
+        .copied()
+        .collect()
+}
 
 /// Everything the service needs to start.
 #[derive(Clone)]
@@ -208,6 +247,22 @@ mod tests {
         assert_eq!(database_from_uri("mongodb://h:1/?w=1").unwrap(), "orders");
         assert!(database_from_uri("postgres://h/x").is_err());
         assert!(database_from_uri("mongodb://h:1/a.b").is_err());
+    }
+
+    #[test]
+    fn env_vars_lists_exactly_the_variables_the_config_reads() {
+        let read = std::sync::Mutex::new(Vec::new());
+        let _ = Config::from_lookup(|name| {
+            read.lock().unwrap().push(name.to_owned());
+            lookup(&BASE)(name)
+        });
+        let mut read = read.into_inner().unwrap();
+        read.extend(TELEMETRY.iter().map(|var| var.name.to_owned()));
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<_> = env_vars().iter().map(|var| var.name.to_owned()).collect();
+        listed.sort();
+        assert_eq!(read, listed);
     }
 
     #[test]

@@ -6,6 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if common::env::print_if_asked(&orders::config::env_vars()) {
+        return Ok(());
+    }
     common::telemetry::init();
     let config = Config::from_env().context("cannot start the orders service")?;
     let shutdown = CancellationToken::new();
