@@ -78,16 +78,17 @@ fn expiration(n: usize) -> ExpirationComplete {
     }
 }
 
-async fn consumer_info(stream: &TestStream) -> async_nats::jetstream::consumer::Info {
+/// The consumer's state; `None` until the runner has created it.
+async fn try_consumer_info(stream: &TestStream) -> Option<async_nats::jetstream::consumer::Info> {
     let name = consumer_name(Recorder::QUEUE_GROUP, Subject::ExpirationComplete);
-    stream
-        .js
-        .get_stream(&stream.spec.name)
+    let js_stream = stream.js.get_stream(&stream.spec.name).await.ok()?;
+    js_stream.consumer_info(name).await.ok()
+}
+
+async fn consumer_info(stream: &TestStream) -> async_nats::jetstream::consumer::Info {
+    try_consumer_info(stream)
         .await
-        .unwrap()
-        .consumer_info(name)
-        .await
-        .unwrap()
+        .expect("the consumer exists")
 }
 
 #[tokio::test]
@@ -269,7 +270,9 @@ async fn shutdown_lets_the_message_in_hand_finish_and_be_acked() {
     let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
     stream.publish(&expiration(3)).await;
     eventually(Duration::from_secs(10), "delivery", || async {
-        consumer_info(&stream).await.num_ack_pending == 1
+        try_consumer_info(&stream)
+            .await
+            .is_some_and(|info| info.num_ack_pending == 1)
     })
     .await;
     shutdown.cancel();
