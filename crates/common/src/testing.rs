@@ -167,3 +167,126 @@ impl TestStream {
         let _ = self.js.delete_stream(&self.spec.name).await;
     }
 }
+
+/// One message of an [`EventLog`].
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub subject: Subject,
+    pub body: String,
+    /// When the stream stored it (the server's clock).
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+    pub sequence: u64,
+}
+
+impl Logged {
+    /// The body decoded as `E`; panics if it is not one.
+    pub fn decode<E: Event>(&self) -> E {
+        assert_eq!(
+            self.subject,
+            E::SUBJECT,
+            "decoding a {} body as {}",
+            self.subject,
+            E::SUBJECT
+        );
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("undecodable {} body {}: {e}", self.subject, self.body))
+    }
+}
+
+/// Every message of a [`TestStream`], from its start, collected in the background as it arrives
+/// (an ordered consumer), for tests that watch many events and their timing.
+pub struct EventLog {
+    entries: std::sync::Arc<std::sync::Mutex<Vec<Logged>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    /// Everything logged so far, in stream order.
+    pub fn all(&self) -> Vec<Logged> {
+        self.entries.lock().expect("event log lock").clone()
+    }
+
+    /// The messages of `E`'s subject so far, decoded, with when they were stored.
+    pub fn events<E: Event>(&self) -> Vec<(E, chrono::DateTime<chrono::Utc>)> {
+        self.all()
+            .iter()
+            .filter(|logged| logged.subject == E::SUBJECT)
+            .map(|logged| (logged.decode::<E>(), logged.stored_at))
+            .collect()
+    }
+
+    /// Waits until `condition` holds for the log; panics with `what` after `deadline`.
+    pub async fn wait_until(
+        &self,
+        deadline: Duration,
+        what: &str,
+        condition: impl Fn(&[Logged]) -> bool,
+    ) {
+        eventually(deadline, what, || async { condition(&self.all()) }).await;
+    }
+
+    /// Waits for `count` messages of `E`'s subject and returns them.
+    pub async fn wait_for<E: Event>(
+        &self,
+        count: usize,
+        deadline: Duration,
+    ) -> Vec<(E, chrono::DateTime<chrono::Utc>)> {
+        let what = format!("{count} {} events", E::SUBJECT);
+        self.wait_until(deadline, &what, |all| {
+            all.iter().filter(|l| l.subject == E::SUBJECT).count() >= count
+        })
+        .await;
+        self.events::<E>()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestStream {
+    /// Starts logging every message of the stream, from its first.
+    pub async fn log(&self) -> EventLog {
+        use futures::StreamExt;
+        let stream = self
+            .js
+            .get_stream(&self.spec.name)
+            .await
+            .expect("the test stream");
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .expect("an ordered consumer");
+        let mut messages = consumer.messages().await.expect("ordered messages");
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = entries.clone();
+        let prefix = self.spec.subject_prefix.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let Ok(message) = message else { continue };
+                let Ok(info) = message.info() else { continue };
+                let Some(subject) = message
+                    .subject
+                    .as_str()
+                    .strip_prefix(prefix.as_str())
+                    .and_then(Subject::parse)
+                else {
+                    continue;
+                };
+                let logged = Logged {
+                    subject,
+                    body: String::from_utf8_lossy(&message.payload).into_owned(),
+                    stored_at: info.published,
+                    sequence: info.stream_sequence,
+                };
+                sink.lock().expect("event log lock").push(logged);
+            }
+        });
+        EventLog { entries, task }
+    }
+}

@@ -386,3 +386,35 @@ async fn a_listener_sees_only_its_own_subject() {
     task.await.unwrap();
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn the_event_log_sees_every_subject_with_its_store_time() {
+    let stream = TestStream::new().await;
+    stream.publish(&expiration(5)).await;
+    let log = stream.log().await;
+    let before = chrono::Utc::now();
+    stream
+        .publish(&TicketCreated {
+            id: format!("{:024x}", 1),
+            version: 0,
+            title: "t".into(),
+            price: 1.5,
+            user_id: format!("{:024x}", 2),
+        })
+        .await;
+    log.wait_until(Duration::from_secs(5), "two messages", |all| all.len() == 2)
+        .await;
+    let all = log.all();
+    assert_eq!(
+        all.iter().map(|l| l.subject).collect::<Vec<_>>(),
+        [Subject::ExpirationComplete, Subject::TicketCreated]
+    );
+    assert_eq!(log.events::<ExpirationComplete>()[0].0, expiration(5));
+    let stored = all[1].stored_at;
+    assert!(
+        stored >= before - chrono::Duration::milliseconds(50) && stored <= chrono::Utc::now(),
+        "stored at {stored}, published after {before}"
+    );
+    drop(log);
+    stream.delete().await;
+}
