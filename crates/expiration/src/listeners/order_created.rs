@@ -41,6 +41,7 @@ impl Listener for OrderCreatedListener {
             expires_at = %common::events::timestamp::format(&event.expires_at),
             added = scheduled.added == 1,
             moved = scheduled.moved == 1,
+            cancelled_already = scheduled.skipped == 1,
             "expiration scheduled"
         );
         Ok(())

@@ -1,6 +1,17 @@
--- cancel: forget jobs, waiting or leased. KEYS: due, leased, jobs.  ARGV: ids.
--- Returns how many existed.
-local due, leased, jobs = KEYS[1], KEYS[2], KEYS[3]
-redis.call('ZREM', due, unpack(ARGV))
-redis.call('ZREM', leased, unpack(ARGV))
-return redis.call('HDEL', jobs, unpack(ARGV))
+-- cancel: forget jobs, waiting or leased, and remember the ids for ttl_ms so that a creation
+-- arriving after its cancellation schedules nothing.
+-- KEYS: due, leased, jobs, cancelled.  ARGV: ttl_ms, then ids.  Returns how many jobs existed.
+local due, leased, jobs, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids, marks = {}, {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  marks[#marks + 1] = now
+  marks[#marks + 1] = ARGV[i]
+end
+redis.call('ZREMRANGEBYSCORE', cancelled, '-inf', now - tonumber(ARGV[1]))
+redis.call('ZADD', cancelled, unpack(marks))
+redis.call('ZREM', due, unpack(ids))
+redis.call('ZREM', leased, unpack(ids))
+return redis.call('HDEL', jobs, unpack(ids))

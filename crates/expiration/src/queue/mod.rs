@@ -12,6 +12,7 @@
 //! | `{p:q}:leased` | ZSET | job id → lease expiry (ms) of a claimed job |
 //! | `{p:q}:jobs` | HASH | job id → `"<due_ms>:<attempts>:<token>"`; token 0 when not leased |
 //! | `{p:q}:dead` | HASH | job id → JSON `{due, attempts, failed_at, reason}` |
+//! | `{p:q}:cancelled` | ZSET | job id → when it was cancelled (ms); pruned after [`CANCELLED_TTL`] |
 //! | `{p:q}:seq` | STRING | counter; each claim call takes the next value as its lease token |
 //! | `{p:q}:wake` | channel | a message whenever the earliest due time moves earlier |
 //!
@@ -27,7 +28,8 @@
 //!   (a redelivered event changes nothing, even mid-backoff); a known id with another due time is
 //!   moved, and if it was leased the lease is dropped, so the old holder's `complete` no longer
 //!   matches and cannot delete the moved job. Publishes on the wake channel when the earliest due
-//!   time moved earlier.
+//!   time moved earlier. An id cancelled in the last [`CANCELLED_TTL`] is skipped: `order:created`
+//!   and `order:cancelled` travel on separate consumers, so the cancellation may arrive first.
 //! - `claim.lua` (batch): takes up to `limit` expired leases and due jobs, moves them to `leased`
 //!   with expiry `now + lease`, increments their attempts and stamps them with a fresh token.
 //!   Returns them with Redis' `now`, the next due time or lease expiry (the worker sleeps until
@@ -35,7 +37,8 @@
 //! - `complete.lua` (batch): deletes each job only if it is still leased under the given token.
 //! - `retry.lua`: under the caller's token, reschedules at `now + delay`, or at `max_attempts`
 //!   moves the job to `dead`.
-//! - `cancel.lua` (batch): removes jobs, waiting or leased.
+//! - `cancel.lua` (batch): removes jobs, waiting or leased, and records the ids in `cancelled`
+//!   (pruning records older than [`CANCELLED_TTL`]).
 //! - `requeue.lua`: dead jobs become due now with attempts reset.
 //! - `stats.lua`: counts and the next due time, for inspection.
 
@@ -52,6 +55,10 @@ use common::telemetry::ErrorChain;
 
 /// Most jobs one script call handles: Lua's `unpack` has a stack limit of a few thousand values.
 pub const MAX_BATCH: usize = 1000;
+
+/// How long a cancelled id stays remembered, so that its late creation schedules nothing. Far
+/// longer than any redelivery of `order:created` (ack wait and backoff are seconds to minutes).
+pub const CANCELLED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors of the queue.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +98,7 @@ struct Keys {
     leased: String,
     jobs: String,
     dead: String,
+    cancelled: String,
     seq: String,
     wake: String,
 }
@@ -141,6 +149,8 @@ pub struct Scheduled {
     pub unchanged: u64,
     /// The earliest due time moved earlier, and waiting workers were woken.
     pub woke: bool,
+    /// Jobs cancelled before they were scheduled: not scheduled.
+    pub skipped: u64,
 }
 
 /// A claimed job.
@@ -264,6 +274,7 @@ impl Queue {
             leased: format!("{tag}:leased"),
             jobs: format!("{tag}:jobs"),
             dead: format!("{tag}:dead"),
+            cancelled: format!("{tag}:cancelled"),
             seq: format!("{tag}:seq"),
             wake: format!("{tag}:wake"),
         };
@@ -318,21 +329,24 @@ impl Queue {
                 .key(&self.keys.leased)
                 .key(&self.keys.jobs)
                 .key(&self.keys.dead)
+                .key(&self.keys.cancelled)
                 .arg(&self.keys.wake);
             for (id, due_ms) in chunk {
                 invocation.arg(id.as_ref()).arg((*due_ms).max(0));
             }
             let mut conn = self.conn.clone();
             invocation
-                .invoke_async::<(u64, u64, u64, u8)>(&mut conn)
+                .invoke_async::<(u64, u64, u64, u8, u64)>(&mut conn)
                 .await
         });
         let mut total = Scheduled::default();
-        for (added, moved, unchanged, woke) in futures::future::try_join_all(calls).await? {
+        for (added, moved, unchanged, woke, skipped) in futures::future::try_join_all(calls).await?
+        {
             total.added += added;
             total.moved += moved;
             total.unchanged += unchanged;
             total.woke |= woke == 1;
+            total.skipped += skipped;
         }
         if total.woke {
             self.wake_local();
@@ -412,7 +426,8 @@ impl Queue {
         }
     }
 
-    /// Removes jobs whether waiting or leased; returns how many existed.
+    /// Removes jobs whether waiting or leased, and keeps them from being scheduled again for
+    /// [`CANCELLED_TTL`]; returns how many existed.
     pub async fn cancel(&self, ids: &[&str]) -> Result<u64, QueueError> {
         if ids.is_empty() {
             return Ok(0);
@@ -426,6 +441,8 @@ impl Queue {
                 .key(&self.keys.due)
                 .key(&self.keys.leased)
                 .key(&self.keys.jobs)
+                .key(&self.keys.cancelled)
+                .arg(CANCELLED_TTL.as_millis() as u64)
                 .arg(chunk)
                 .invoke_async::<u64>(&mut conn)
                 .await?;
@@ -502,6 +519,7 @@ impl Queue {
             .arg(&keys.leased)
             .arg(&keys.jobs)
             .arg(&keys.dead)
+            .arg(&keys.cancelled)
             .arg(&keys.seq)
             .query_async::<()>(&mut conn)
             .await?;

@@ -1,16 +1,17 @@
 -- schedule: add or move keyed jobs. See the module documentation for the data layout.
--- KEYS: due, leased, jobs, dead.  ARGV: wake channel, then (id, due_ms) pairs.
--- Returns {added, moved, unchanged, woke}.
-local due, leased, jobs, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- KEYS: due, leased, jobs, dead, cancelled.  ARGV: wake channel, then (id, due_ms) pairs.
+-- Returns {added, moved, unchanged, woke, skipped}; skipped ids were cancelled already.
+local due, leased, jobs, dead, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local n = (#ARGV - 1) / 2
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local before = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
 local current = redis.call('HMGET', jobs, unpack(ids))
+local gone = redis.call('ZMSCORE', cancelled, unpack(ids))
 -- What this call has already written, so that an id twice in one batch behaves as two calls.
 local written = {}
 local zadd, hset, unlease, revived = {}, {}, {}, {}
-local added, moved, unchanged = 0, 0, 0
+local added, moved, unchanged, skipped = 0, 0, 0, 0
 for i = 1, n do
   local id, at = ids[i], tonumber(ARGV[2 * i + 1])
   local old = written[id] or current[i]
@@ -19,7 +20,10 @@ for i = 1, n do
     local d, _, t = string.match(old, '^(%d+):(%d+):(%d+)$')
     old_due, token = tonumber(d), t
   end
-  if old and old_due == at then
+  if gone[i] then
+    -- The cancellation overtook the creation (they travel on separate consumers).
+    skipped = skipped + 1
+  elseif old and old_due == at then
     unchanged = unchanged + 1
   else
     if old then
@@ -50,4 +54,4 @@ if after[1] and (not before[1] or tonumber(after[2]) < tonumber(before[2])) then
   redis.call('PUBLISH', ARGV[1], after[2])
   woke = 1
 end
-return {added, moved, unchanged, woke}
+return {added, moved, unchanged, woke, skipped}
