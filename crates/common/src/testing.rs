@@ -61,33 +61,42 @@ pub struct TestStream {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub spec: StreamSpec,
+    /// The server it lives on.
+    pub url: String,
 }
 
 impl TestStream {
     /// Connects to `NATS_URL` and creates the stream.
     pub async fn new() -> Self {
+        Self::on(&nats_url()).await
+    }
+
+    /// Connects to the NATS server at `url` (a test's own server) and creates the stream.
+    pub async fn on(url: &str) -> Self {
         let name = unique_name("test");
         let spec = StreamSpec {
             subject_prefix: format!("{name}."),
             name,
         };
-        let client = async_nats::connect(nats_url()).await.unwrap_or_else(|e| {
-            panic!(
-                "NATS at {} does not answer ({e}); run scripts/stack up",
-                nats_url()
-            )
+        let client = async_nats::connect(url).await.unwrap_or_else(|e| {
+            panic!("NATS at {url} does not answer ({e}); run scripts/stack up")
         });
         let js = jetstream::new(client.clone());
         bus::ensure_stream(&js, &spec)
             .await
             .expect("creating the test stream");
-        TestStream { client, js, spec }
+        TestStream {
+            client,
+            js,
+            spec,
+            url: url.to_owned(),
+        }
     }
 
     /// The environment a service process needs to use this stream.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("NATS_URL", nats_url()),
+            ("NATS_URL", self.url.clone()),
             ("NATS_CLUSTER_ID", self.spec.name.clone()),
             ("NATS_SUBJECT_PREFIX", self.spec.subject_prefix.clone()),
         ]

@@ -1,0 +1,167 @@
+//! A private world for one test or demo run: its own JetStream stream and subject prefix, its
+//! own MongoDB database and Redis key prefix, a JWT secret, and the environment that puts both
+//! services in it.
+
+use common::http::JwtKey;
+use common::testing::{EventLog, TestStream, mongo_uri, redis_url, unique_name};
+
+use crate::peers::{Buyer, Peers, sign_in};
+use crate::process::{ServiceProcess, free_port};
+
+/// A world of its own on the local stack (or on a NATS server of the test's own).
+pub struct Scenario {
+    pub stream: TestStream,
+    /// Every event of the stream, as it arrives, with its store time.
+    pub log: EventLog,
+    pub peers: Peers,
+    pub jwt: JwtKey,
+    jwt_secret: String,
+    /// `MONGO_URI` of this world's database.
+    pub mongo_uri: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// `EXPIRATION_WINDOW_SECONDS` given to orders.
+    pub window_secs: u64,
+    /// Extra variables for the expiration worker (lease, retry delays).
+    pub expiration_overrides: Vec<(String, String)>,
+}
+
+impl Scenario {
+    /// A world on the local stack's NATS server.
+    pub async fn new(window_secs: u64) -> Self {
+        Self::build(TestStream::new().await, window_secs).await
+    }
+
+    /// A world on the NATS server at `nats_url`.
+    pub async fn on_nats(nats_url: &str, window_secs: u64) -> Self {
+        Self::build(TestStream::on(nats_url).await, window_secs).await
+    }
+
+    async fn build(stream: TestStream, window_secs: u64) -> Self {
+        let name = unique_name("e2e").replace('-', "_");
+        let jwt_secret = unique_name("secret");
+        let log = stream.log().await;
+        let peers = Peers::new(stream.publisher());
+        Scenario {
+            log,
+            peers,
+            jwt: JwtKey::new(jwt_secret.as_bytes()),
+            jwt_secret,
+            mongo_uri: with_database(&mongo_uri(), &name),
+            redis_url: redis_url(),
+            redis_prefix: name,
+            window_secs,
+            // A killed worker's claimed jobs fire again after the lease: keep it short here.
+            expiration_overrides: vec![
+                ("EXPIRATION_LEASE_MS".into(), "3000".into()),
+                ("EXPIRATION_PUBLISH_TIMEOUT_MS".into(), "1000".into()),
+                ("EXPIRATION_RETRY_INITIAL_MS".into(), "200".into()),
+                ("EXPIRATION_RETRY_MAX_MS".into(), "1000".into()),
+            ],
+            stream,
+        }
+    }
+
+    fn common_env(&self, client_id: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .stream
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        env.push(("NATS_CLIENT_ID".into(), client_id.to_owned()));
+        env.push((
+            "RUST_LOG".into(),
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ));
+        env
+    }
+
+    /// The environment of an orders process listening on `port`.
+    pub fn orders_env(&self, port: u16, client_id: &str) -> Vec<(String, String)> {
+        let mut env = self.common_env(client_id);
+        env.extend([
+            ("MONGO_URI".to_owned(), self.mongo_uri.clone()),
+            ("JWT_KEY".to_owned(), self.jwt_secret.clone()),
+            (
+                "EXPIRATION_WINDOW_SECONDS".to_owned(),
+                self.window_secs.to_string(),
+            ),
+            ("PORT".to_owned(), port.to_string()),
+        ]);
+        env
+    }
+
+    /// The environment of an expiration process serving its ops endpoints on `port`.
+    pub fn expiration_env(&self, port: u16, client_id: &str) -> Vec<(String, String)> {
+        let mut env = self.common_env(client_id);
+        env.extend([
+            ("REDIS_URL".to_owned(), self.redis_url.clone()),
+            ("REDIS_KEY_PREFIX".to_owned(), self.redis_prefix.clone()),
+            ("OPS_PORT".to_owned(), port.to_string()),
+        ]);
+        env.extend(self.expiration_overrides.iter().cloned());
+        env
+    }
+
+    /// Starts an orders process named `name` and waits until it is ready.
+    pub async fn start_orders(&self, name: &str) -> anyhow::Result<ServiceProcess> {
+        let port = free_port();
+        ServiceProcess::start(name, "orders", self.orders_env(port, name), port).await
+    }
+
+    /// Starts an expiration process named `name` and waits until it is ready.
+    pub async fn start_expiration(&self, name: &str) -> anyhow::Result<ServiceProcess> {
+        let port = free_port();
+        ServiceProcess::start(name, "expiration", self.expiration_env(port, name), port).await
+    }
+
+    /// A user signed in by the auth service with this world's `JWT_KEY`.
+    pub fn buyer(&self, email: &str) -> Buyer {
+        sign_in(&self.jwt, email)
+    }
+
+    /// Deletes the stream (the database and Redis keys are unique to this run and small).
+    pub async fn finish(self) {
+        drop(self.log);
+        self.stream.delete().await;
+    }
+}
+
+/// `base` (`mongodb://host:port`, possibly with a path or options) with its database set to `db`.
+fn with_database(base: &str, db: &str) -> String {
+    let (address, options) = match base.split_once('?') {
+        Some((address, options)) => (address, Some(options)),
+        None => (base, None),
+    };
+    let scheme_end = address.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = address[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(address.len());
+    let mut uri = format!("{}/{db}", &address[..host_end]);
+    if let Some(options) = options {
+        uri.push('?');
+        uri.push_str(options);
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sets_the_database_of_a_mongo_uri() {
+        assert_eq!(
+            super::with_database("mongodb://127.0.0.1:37017", "x"),
+            "mongodb://127.0.0.1:37017/x"
+        );
+        assert_eq!(
+            super::with_database("mongodb://h:1/orders", "x"),
+            "mongodb://h:1/x"
+        );
+        assert_eq!(
+            super::with_database("mongodb://h:1/?directConnection=true", "x"),
+            "mongodb://h:1/x?directConnection=true"
+        );
+    }
+}
