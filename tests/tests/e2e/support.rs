@@ -1,0 +1,206 @@
+//! A run of many orders and the checks every test makes on it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::events::{ExpirationComplete, OrderCancelled, OrderCreated};
+use common::testing::EventLog;
+use e2e::orders_api::OrdersApi;
+use e2e::scenario::Scenario;
+use e2e::stats::Latency;
+use futures::StreamExt;
+
+/// One order placed by a run.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub paid: bool,
+}
+
+/// Places `count` orders, one fresh ticket and buyer each, in `waves` waves spaced `gap` apart
+/// (so expiries are staggered), across `apis` in turn; every `pay_every`-th order is paid at once.
+pub async fn place_orders(
+    world: &Scenario,
+    apis: &[OrdersApi],
+    count: usize,
+    waves: usize,
+    gap: Duration,
+    pay_every: usize,
+) -> Vec<Placed> {
+    let per_wave = count.div_ceil(waves);
+    let mut placed = Vec::with_capacity(count);
+    for wave in 0..waves {
+        let first = wave * per_wave;
+        let last = ((wave + 1) * per_wave).min(count);
+        let mut tickets = Vec::new();
+        for n in first..last {
+            tickets.push(
+                world
+                    .peers
+                    .ticket_created(&format!("ticket {n}"), 10.0 + n as f64 / 4.0)
+                    .await
+                    .expect("ticket:created"),
+            );
+        }
+        let requests = tickets.into_iter().enumerate().map(|(i, ticket)| {
+            let n = first + i;
+            let api = apis[n % apis.len()].clone();
+            let buyer = world.buyer(&format!("buyer{n}@example.com"));
+            let peers = world.peers.clone();
+            async move {
+                let response = api
+                    .reserve_announced(&buyer.cookie, &ticket.id)
+                    .await
+                    .expect("POST /api/orders");
+                assert_eq!(response.status, 201, "order {n}: {}", response.body);
+                let order = response.json();
+                let order_id = order["id"].as_str().expect("order id").to_owned();
+                let expires_at = common::events::timestamp::parse(
+                    order["expiresAt"].as_str().expect("expiresAt"),
+                )
+                .expect("RFC 3339");
+                let paid = pay_every > 0 && n % pay_every == 0;
+                if paid {
+                    peers
+                        .payment_created(&order_id)
+                        .await
+                        .expect("payment:created");
+                }
+                Placed {
+                    order_id,
+                    expires_at,
+                    paid,
+                }
+            }
+        });
+        // A few at a time: quick, without thrashing the 2-core machine.
+        placed.extend(
+            futures::stream::iter(requests)
+                .buffered(16)
+                .collect::<Vec<_>>()
+                .await,
+        );
+        if wave + 1 < waves {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    placed
+}
+
+/// Waits until every unpaid order has been cancelled, then checks the guarantees: one
+/// `order:created` (version 0) per order, exactly one `order:cancelled` (version 1) per unpaid
+/// order and none for paid ones, nothing earlier than `expiresAt`. Returns the expiry latency
+/// (`expiration:complete` store time minus `expiresAt`) over all orders.
+pub async fn assert_expired_exactly_once(
+    log: &EventLog,
+    placed: &[Placed],
+    deadline: Duration,
+) -> Latency {
+    let unpaid = placed.iter().filter(|p| !p.paid).count();
+    log.wait_until(
+        deadline,
+        &format!("{unpaid} order:cancelled events"),
+        |all| {
+            all.iter()
+                .filter(|l| l.subject == common::Subject::OrderCancelled)
+                .count()
+                >= unpaid
+        },
+    )
+    .await;
+    log.wait_until(
+        deadline,
+        &format!("{} expiration:complete events", placed.len()),
+        |all| {
+            all.iter()
+                .filter(|l| l.subject == common::Subject::ExpirationComplete)
+                .count()
+                >= placed.len()
+        },
+    )
+    .await;
+    // Anything extra (a second cancellation, a paid order cancelled late) would show up now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let created = count_by(log.events::<OrderCreated>(), |e| e.id.clone());
+    let cancelled = count_by(log.events::<OrderCancelled>(), |e| e.id.clone());
+    let expired = count_by(log.events::<ExpirationComplete>(), |e| e.order_id.clone());
+    let mut latencies = Vec::new();
+    for order in placed {
+        let id = &order.order_id;
+        let made = created.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(
+            made.len(),
+            1,
+            "order {id}: {} order:created events",
+            made.len()
+        );
+        assert_eq!(made[0].0.version, 0, "order {id}: order:created version");
+        let fired = expired.get(id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(
+            fired.len(),
+            1,
+            "order {id}: {} expiration:complete events",
+            fired.len()
+        );
+        assert!(
+            fired[0].1 >= order.expires_at,
+            "order {id}: expired at {} before its expiresAt {}",
+            fired[0].1,
+            order.expires_at
+        );
+        latencies.push(
+            (fired[0].1 - order.expires_at)
+                .num_microseconds()
+                .unwrap_or(i64::MAX) as f64
+                / 1000.0,
+        );
+        let cancellations = cancelled.get(id).map(Vec::as_slice).unwrap_or_default();
+        if order.paid {
+            assert!(cancellations.is_empty(), "paid order {id} was cancelled");
+        } else {
+            assert_eq!(
+                cancellations.len(),
+                1,
+                "unpaid order {id}: {} order:cancelled events",
+                cancellations.len()
+            );
+            assert_eq!(
+                cancellations[0].0.version, 1,
+                "order {id}: order:cancelled version"
+            );
+            assert!(
+                cancellations[0].1 >= order.expires_at,
+                "order {id} cancelled before it expired"
+            );
+        }
+    }
+    Latency::of(&latencies).expect("at least one order")
+}
+
+fn count_by<E>(
+    events: Vec<(E, DateTime<Utc>)>,
+    key: impl Fn(&E) -> String,
+) -> HashMap<String, Vec<(E, DateTime<Utc>)>> {
+    let mut map: HashMap<String, Vec<(E, DateTime<Utc>)>> = HashMap::new();
+    for (event, at) in events {
+        map.entry(key(&event)).or_default().push((event, at));
+    }
+    map
+}
+
+/// Latest `expiresAt` of a run: how long to wait at most is measured from there.
+pub fn last_expiry(placed: &[Placed]) -> DateTime<Utc> {
+    placed
+        .iter()
+        .map(|p| p.expires_at)
+        .max()
+        .expect("orders were placed")
+}
+
+/// How long from now until `at` plus `slack`.
+pub fn until(at: DateTime<Utc>, slack: Duration) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default() + slack
+}
