@@ -61,7 +61,7 @@ pub async fn place_orders(
                     order["expiresAt"].as_str().expect("expiresAt"),
                 )
                 .expect("RFC 3339");
-                let paid = pay_every > 0 && n % pay_every == 0;
+                let paid = pay_every > 0 && n.is_multiple_of(pay_every);
                 if paid {
                     peers
                         .payment_created(&order_id)

@@ -1,1 +1,471 @@
-fn main() {}
+//! `expiration-bench`: how fast jobs go in and come out, and how late they fire.
+//!
+//! ```text
+//! expiration-bench burst  --jobs N              [--scope queue|worker] [options]
+//! expiration-bench steady --rate R --seconds S  [--scope queue|worker] [options]
+//! options: --redis-url URL  --nats-url URL  --concurrency C
+//! ```
+//!
+//! `burst`: N jobs all due at one moment a little ahead; `add_per_s` is how fast they went in,
+//! `drain_per_s` how fast they came out once due. `steady`: R jobs a second for S seconds, each
+//! due 1 s after it was added. Scope `queue` is the queue and the firing loop with a no-op
+//! handler; scope `worker` is the whole worker in this process, `order:created` in over NATS and
+//! `expiration:complete` out, timed by a subscriber. One JSON line per run on stdout. Every run
+//! uses keys and a stream of its own and deletes them at the end.
+//!
+//! Arguments are parsed by hand: seven flags do not earn a command-line parsing dependency.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::Subject;
+use common::bus::{self, StreamSpec};
+use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
+use expiration::config::Config;
+use expiration::metrics::Metrics;
+use expiration::queue::{Job, Queue, QueueName};
+use expiration::startup::Application;
+use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: expiration-bench burst --jobs N [--scope queue|worker] [--redis-url URL] [--nats-url URL] [--concurrency C]
+       expiration-bench steady --rate R --seconds S [--scope queue|worker] [--redis-url URL] [--nats-url URL] [--concurrency C]";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Burst,
+    Steady,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Queue,
+    Worker,
+}
+
+#[derive(Debug, Clone)]
+struct Args {
+    mode: Mode,
+    scope: Scope,
+    jobs: usize,
+    rate: usize,
+    seconds: u64,
+    redis_url: String,
+    nats_url: String,
+    concurrency: usize,
+}
+
+fn parse_args(args: &[String]) -> anyhow::Result<Args> {
+    let mode = match args.first().map(String::as_str) {
+        Some("burst") => Mode::Burst,
+        Some("steady") => Mode::Steady,
+        _ => bail!("{USAGE}"),
+    };
+    let mut parsed = Args {
+        mode,
+        scope: Scope::Queue,
+        jobs: 20_000,
+        rate: 1_000,
+        seconds: 10,
+        redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into()),
+        nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into()),
+        concurrency: 50,
+    };
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let number = || -> anyhow::Result<usize> {
+            value
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{flag} takes a positive integer, not `{value}`"))
+        };
+        match flag.as_str() {
+            "--scope" => {
+                parsed.scope = match value.as_str() {
+                    "queue" => Scope::Queue,
+                    "worker" => Scope::Worker,
+                    other => bail!("--scope is queue or worker, not `{other}`"),
+                }
+            }
+            "--jobs" => parsed.jobs = number()?,
+            "--rate" => parsed.rate = number()?,
+            "--seconds" => parsed.seconds = number()? as u64,
+            "--concurrency" => parsed.concurrency = number()?,
+            "--redis-url" => parsed.redis_url = value.clone(),
+            "--nats-url" => parsed.nats_url = value.clone(),
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    Ok(parsed)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("-h" | "--help") | None
+    ) {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let args = parse_args(&args)?;
+    let run = Run::start(&args).await?;
+    let result = match args.mode {
+        Mode::Burst => burst(&args, &run).await,
+        Mode::Steady => steady(&args, &run).await,
+    };
+    run.clean().await;
+    let report = result?;
+    println!("{}", report.json(&args));
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// When each fired job arrived and how late it was.
+#[derive(Default)]
+struct Record {
+    fired: AtomicUsize,
+    late_ms: Mutex<Vec<f64>>,
+    last_fire: Mutex<Option<Instant>>,
+}
+
+impl Record {
+    fn fire(&self, due_ms: i64) {
+        let late = (now_us() - due_ms * 1000) as f64 / 1000.0;
+        self.late_ms.lock().unwrap().push(late);
+        *self.last_fire.lock().unwrap() = Some(Instant::now());
+        self.fired.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn wait_for(&self, count: usize, deadline: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.fired.load(Ordering::Relaxed) < count {
+            if start.elapsed() > deadline {
+                bail!(
+                    "only {} of {count} jobs fired within {deadline:?}",
+                    self.fired.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The queue-scope handler: fires nothing, records lateness.
+struct NoOp(Arc<Record>);
+
+impl JobHandler for NoOp {
+    async fn fire(&self, job: &Job) -> Result<(), BoxError> {
+        self.0.fire(job.due_ms);
+        Ok(())
+    }
+}
+
+/// Everything one run set up, to feed jobs in and clean up after.
+struct Run {
+    queue: Queue,
+    record: Arc<Record>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// Worker scope: the stream the jobs come in on.
+    nats: Option<(async_nats::jetstream::Context, StreamSpec)>,
+    /// Worker scope: due time of each order, by the order id's number.
+    dues: Arc<Mutex<HashMap<u64, i64>>>,
+}
+
+impl Run {
+    async fn start(args: &Args) -> anyhow::Result<Self> {
+        let name = QueueName::new("bench", format!("run-{}-{}", std::process::id(), now_ms()));
+        let record = Arc::new(Record::default());
+        let shutdown = CancellationToken::new();
+        let dues = Arc::new(Mutex::new(HashMap::new()));
+        match args.scope {
+            Scope::Queue => {
+                let queue = Queue::connect(&args.redis_url, name)
+                    .await
+                    .context("cannot reach Redis")?;
+                let options = WorkerOptions {
+                    concurrency: args.concurrency,
+                    ..WorkerOptions::default()
+                };
+                let worker = Worker::new(
+                    queue.clone(),
+                    NoOp(record.clone()),
+                    options,
+                    Metrics::default(),
+                );
+                let task = tokio::spawn({
+                    let queue = queue.clone();
+                    let shutdown = shutdown.clone();
+                    async move {
+                        let wakes = tokio::spawn(queue.watch_wakes(shutdown.clone()));
+                        worker.run(shutdown).await;
+                        let _ = wakes.await;
+                    }
+                });
+                Ok(Run {
+                    queue,
+                    record,
+                    shutdown,
+                    task,
+                    nats: None,
+                    dues,
+                })
+            }
+            Scope::Worker => {
+                let stream = name.name.clone();
+                let env: HashMap<&str, String> = HashMap::from([
+                    ("NATS_URL", args.nats_url.clone()),
+                    ("NATS_CLUSTER_ID", stream.clone()),
+                    ("NATS_SUBJECT_PREFIX", format!("{stream}.")),
+                    ("REDIS_URL", args.redis_url.clone()),
+                    ("REDIS_KEY_PREFIX", name.prefix.clone()),
+                    ("EXPIRATION_QUEUE", name.name.clone()),
+                    ("OPS_PORT", "0".into()),
+                    ("EXPIRATION_CONCURRENCY", args.concurrency.to_string()),
+                ]);
+                let config = Config::from_lookup(|key| env.get(key).cloned())?;
+                let spec = config.nats.stream.clone();
+                let app = Application::build(config).await?;
+                let queue = app.queue().clone();
+                let client = async_nats::connect(args.nats_url.as_str()).await?;
+                let js = async_nats::jetstream::new(client.clone());
+                bus::ensure_stream(&js, &spec).await?;
+                // Time each expiration:complete as it arrives, as a peer service would see it.
+                let mut arrivals = client
+                    .subscribe(spec.subject(Subject::ExpirationComplete))
+                    .await?;
+                let (listen_record, listen_dues) = (record.clone(), dues.clone());
+                tokio::spawn(async move {
+                    while let Some(message) = arrivals.next().await {
+                        let Ok(event) = serde_json::from_slice::<
+                            common::events::ExpirationComplete,
+                        >(&message.payload) else {
+                            continue;
+                        };
+                        let n = u64::from_str_radix(&event.order_id, 16).unwrap_or(u64::MAX);
+                        let due = listen_dues.lock().unwrap().get(&n).copied();
+                        if let Some(due) = due {
+                            listen_record.fire(due);
+                        }
+                    }
+                });
+                let task = tokio::spawn(app.run(shutdown.clone()));
+                Ok(Run {
+                    queue,
+                    record,
+                    shutdown,
+                    task,
+                    nats: Some((js, spec)),
+                    dues,
+                })
+            }
+        }
+    }
+
+    /// Adds jobs `first..first + count`, all due at `due_ms`.
+    async fn add(
+        &self,
+        args: &Args,
+        first: u64,
+        count: usize,
+        due_ms: impl Fn(u64) -> i64,
+    ) -> anyhow::Result<()> {
+        let jobs: Vec<(String, i64)> = (first..first + count as u64)
+            .map(|n| (format!("{n:024x}"), due_ms(n)))
+            .collect();
+        match &self.nats {
+            None => {
+                self.queue.schedule_many(&jobs).await?;
+            }
+            Some((js, spec)) => {
+                {
+                    let mut dues = self.dues.lock().unwrap();
+                    for (n, (_, due)) in (first..).zip(&jobs) {
+                        dues.insert(n, *due);
+                    }
+                }
+                // Up to `concurrency` publishes awaiting their ack at once.
+                let publisher = bus::Publisher::new(js.clone(), spec.clone(), None);
+                futures::stream::iter(jobs)
+                    .map(|(id, due)| {
+                        let publisher = publisher.clone();
+                        async move { publisher.publish(&order(id, due)).await }
+                    })
+                    .buffer_unordered(args.concurrency)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clean(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        let _ = self.queue.delete().await;
+        if let Some((js, spec)) = &self.nats {
+            let _ = js.delete_stream(&spec.name).await;
+        }
+    }
+}
+
+fn order(id: String, due_ms: i64) -> OrderCreated {
+    OrderCreated {
+        id,
+        version: 0,
+        status: OrderStatus::Created,
+        user_id: format!("{:024x}", 1),
+        expires_at: chrono::DateTime::from_timestamp_millis(due_ms).unwrap_or_default(),
+        ticket: OrderCreatedTicket {
+            id: format!("{:024x}", 2),
+            price: 20.0,
+        },
+    }
+}
+
+struct Report {
+    jobs: usize,
+    add_per_s: f64,
+    drain_per_s: f64,
+    late_ms: Vec<f64>,
+    adds_overran_due: bool,
+}
+
+impl Report {
+    fn json(&self, args: &Args) -> String {
+        let mut late = self.late_ms.clone();
+        late.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if late.is_empty() {
+                return 0.0;
+            }
+            let index = ((late.len() as f64 * q).ceil() as usize).clamp(1, late.len()) - 1;
+            round(late[index])
+        };
+        let mut line = serde_json::json!({
+            "mode": match args.mode { Mode::Burst => "burst", Mode::Steady => "steady" },
+            "scope": match args.scope { Scope::Queue => "queue", Scope::Worker => "worker" },
+            "jobs": self.jobs,
+            "concurrency": args.concurrency,
+            "add_per_s": self.add_per_s.round(),
+            "drain_per_s": self.drain_per_s.round(),
+            "late_p50_ms": pick(0.50),
+            "late_p99_ms": pick(0.99),
+            "late_max_ms": pick(1.0),
+            "rss_mb": round(peak_rss_mb()),
+        });
+        if args.mode == Mode::Steady {
+            line["rate"] = args.rate.into();
+            line["seconds"] = args.seconds.into();
+        }
+        if self.adds_overran_due {
+            line["adds_overran_due"] = true.into();
+        }
+        line.to_string()
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// The process' peak resident set (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn burst(args: &Args, run: &Run) -> anyhow::Result<Report> {
+    let jobs = args.jobs;
+    // Far enough ahead for every add to land before the moment they are all due.
+    let lead_ms = match args.scope {
+        Scope::Queue => 1_000 + jobs as i64 / 50,
+        Scope::Worker => 2_000 + jobs as i64 / 2,
+    };
+    let due = now_ms() + lead_ms;
+    let start = Instant::now();
+    run.add(args, 0, jobs, |_| due).await?;
+    // The jobs are in once the queue holds them all (the worker scope goes through NATS).
+    while run.queue.stats().await?.pending() < jobs as u64 && now_ms() < due {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let add_secs = start.elapsed().as_secs_f64();
+    let adds_overran_due = now_ms() >= due;
+    let deadline = Duration::from_millis(lead_ms as u64) + Duration::from_secs(120);
+    run.record.wait_for(jobs, deadline).await?;
+    while run.queue.stats().await?.pending() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let drained = now_us();
+    let drain_secs = ((drained - due * 1000) as f64 / 1e6).max(1e-6);
+    let late_ms = std::mem::take(&mut *run.record.late_ms.lock().unwrap());
+    Ok(Report {
+        jobs,
+        add_per_s: jobs as f64 / add_secs,
+        drain_per_s: jobs as f64 / drain_secs,
+        late_ms,
+        adds_overran_due,
+    })
+}
+
+async fn steady(args: &Args, run: &Run) -> anyhow::Result<Report> {
+    let total = args.rate * args.seconds as usize;
+    let start = Instant::now();
+    let mut added = 0usize;
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while added < total {
+        ticks.tick().await;
+        let should = ((start.elapsed().as_secs_f64() * args.rate as f64) as usize).min(total);
+        if should > added {
+            let due = now_ms() + 1_000;
+            run.add(args, added as u64, should - added, |_| due).await?;
+            added = should;
+        }
+    }
+    let add_secs = start.elapsed().as_secs_f64();
+    run.record.wait_for(total, Duration::from_secs(60)).await?;
+    let drain_secs = run
+        .record
+        .last_fire
+        .lock()
+        .unwrap()
+        .map(|last| (last - start).as_secs_f64() - 1.0)
+        .unwrap_or(add_secs);
+    let late_ms = std::mem::take(&mut *run.record.late_ms.lock().unwrap());
+    Ok(Report {
+        jobs: total,
+        add_per_s: total as f64 / add_secs,
+        drain_per_s: total as f64 / drain_secs.max(1e-6),
+        late_ms,
+        adds_overran_due: false,
+    })
+}
