@@ -65,8 +65,10 @@ pub struct Config {
     pub port: u16,
     /// Largest request body accepted.
     pub body_limit: usize,
-    /// How often the outbox relay looks for events a request could not publish.
-    pub relay_interval: Duration,
+    /// How soon the outbox relay retries events a request could not publish.
+    pub relay_retry: Duration,
+    /// How often the relay looks for stray events while none are known (a safety net).
+    pub relay_sweep: Duration,
     /// Longest a request waits for JetStream before leaving its events to the relay.
     pub publish_timeout: Duration,
 }
@@ -92,7 +94,8 @@ impl fmt::Debug for Config {
             .field("expiration_window", &self.expiration_window)
             .field("port", &self.port)
             .field("body_limit", &self.body_limit)
-            .field("relay_interval", &self.relay_interval)
+            .field("relay_retry", &self.relay_retry)
+            .field("relay_sweep", &self.relay_sweep)
             .field("publish_timeout", &self.publish_timeout)
             .finish()
     }
@@ -125,7 +128,8 @@ impl Config {
             expiration_window: Duration::from_secs(expiration_seconds),
             port,
             body_limit: 16 * 1024,
-            relay_interval: Duration::from_secs(1),
+            relay_retry: Duration::from_secs(1),
+            relay_sweep: Duration::from_secs(60),
             publish_timeout: Duration::from_secs(2),
         })
     }

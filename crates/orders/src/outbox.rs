@@ -2,13 +2,20 @@
 //!
 //! A request (or listener) writes its change and its event in one update, then calls
 //! [`Outbox::publish_now`] before answering. When NATS is down, slow, or the process dies
-//! first, the event stays in the document and the relay ([`Outbox::run`]) publishes it later: at
-//! start-up, on an interval, when woken, and once more at shutdown. Entries of one order go out
-//! in the order they were written, and each is removed only after JetStream acknowledged it; the
-//! event's message id makes a second publish of the same entry a duplicate JetStream drops.
+//! first, the event stays in the document and the relay ([`Outbox::run`]) publishes it later.
+//! Entries of one order go out in the order they were written, and each is removed only after
+//! JetStream acknowledged it; the event's message id makes a second publish of the same entry a
+//! duplicate JetStream drops.
+//!
+//! The relay's pass looks for orders with pending events. On FerretDB 1.24 such a query scans the
+//! whole collection (it pushes down only `{_id: ...}` filters), so the relay does not poll while
+//! all is well: it makes a pass at start-up (what a crash left), while any `publish_now` of this
+//! process has failed since its last successful pass (retrying every `retry`), on a slow `sweep`
+//! as a safety net, and at shutdown if anything is outstanding.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use bytes::Bytes;
@@ -45,6 +52,18 @@ pub struct Outbox {
     client: async_nats::Client,
     publish_timeout: Duration,
     wake: Notify,
+    /// Counts failed `publish_now` calls; the relay is clean up to the count it last saw before a
+    /// successful pass.
+    failures: AtomicU64,
+}
+
+/// When the relay makes its passes.
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySchedule {
+    /// Delay between passes while events are known to be outstanding.
+    pub retry: Duration,
+    /// Delay between passes while none are (a safety net).
+    pub sweep: Duration,
 }
 
 impl Outbox {
@@ -61,6 +80,7 @@ impl Outbox {
             client,
             publish_timeout,
             wake: Notify::new(),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -76,7 +96,7 @@ impl Outbox {
         };
         if let Err(e) = result {
             tracing::warn!(order_id = %order.id, error = %ErrorChain(&e), "event left to the outbox relay");
-            self.wake.notify_one();
+            self.wake();
         }
     }
 
@@ -108,6 +128,10 @@ impl Outbox {
 
     /// One pass over every order with pending events; returns how many events it published.
     pub async fn flush_pending(&self) -> Result<usize, OutboxError> {
+        if self.client.connection_state() != State::Connected {
+            // Spare the database a scan whose events could not be published anyway.
+            return Err(OutboxError::Disconnected);
+        }
         let mut published = 0;
         loop {
             let orders = self.orders.pending(BATCH).await?;
@@ -120,28 +144,50 @@ impl Outbox {
         }
     }
 
-    /// Asks the relay for a pass now.
+    /// Tells the relay that events are outstanding: it makes a pass now and retries until one
+    /// succeeds.
     pub fn wake(&self) {
+        self.failures.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
-    /// The relay: a pass at start, every `interval`, when woken, and a last one when `shutdown`
-    /// is cancelled (after requests and listeners have finished).
-    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    /// The relay: passes as described in the module documentation, until `shutdown` is
+    /// cancelled (after requests and listeners have finished), then a last one if needed.
+    pub async fn run(self: Arc<Self>, schedule: RelaySchedule, shutdown: CancellationToken) {
+        // Start dirty: a crash may have left events behind.
+        let mut clean_up_to = None;
+        let mut last_pass = Instant::now();
         loop {
-            match self.flush_pending().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(published = n, "outbox relay published pending events"),
-                Err(OutboxError::Disconnected) => {
-                    tracing::debug!("outbox relay waiting for NATS")
+            let failures = self.failures.load(Ordering::SeqCst);
+            let due = clean_up_to != Some(failures) || last_pass.elapsed() >= schedule.sweep;
+            if due {
+                match self.flush_pending().await {
+                    Ok(published) => {
+                        if published > 0 {
+                            tracing::info!(published, "outbox relay published pending events");
+                        }
+                        clean_up_to = Some(failures);
+                        last_pass = Instant::now();
+                    }
+                    Err(OutboxError::Disconnected) => {
+                        tracing::debug!("outbox relay waiting for NATS")
+                    }
+                    Err(e) => tracing::warn!(error = %ErrorChain(&e), "outbox relay pass failed"),
                 }
-                Err(e) => tracing::warn!(error = %ErrorChain(&e), "outbox relay pass failed"),
             }
+            let delay = if clean_up_to == Some(self.failures.load(Ordering::SeqCst)) {
+                schedule.sweep
+            } else {
+                schedule.retry
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(delay) => {}
             }
+        }
+        if clean_up_to == Some(self.failures.load(Ordering::SeqCst)) {
+            return;
         }
         match tokio::time::timeout(FINAL_FLUSH, self.flush_pending()).await {
             Ok(Ok(n)) => tracing::info!(published = n, "outbox flushed at shutdown"),

@@ -25,7 +25,7 @@ use crate::listeners::{
 };
 use crate::metrics::Metrics;
 use crate::models::{self, Orders, StoreError, Tickets};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, RelaySchedule};
 use crate::routes::{self, AppState};
 
 /// Why the service could not start or stopped with an error.
@@ -236,12 +236,13 @@ impl Application {
         );
         // The relay outlives requests and listeners so that its last pass sees all their events.
         let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(
-            state
-                .outbox
-                .clone()
-                .run(config.relay_interval, relay_stop.clone()),
-        );
+        let relay = tokio::spawn(state.outbox.clone().run(
+            RelaySchedule {
+                retry: config.relay_retry,
+                sweep: config.relay_sweep,
+            },
+            relay_stop.clone(),
+        ));
 
         tracing::info!(port = self.port, "orders service listening");
         let served = axum::serve(listener, routes::router(state, config.body_limit))

@@ -75,7 +75,7 @@ pub fn test_config(spec: &StreamSpec, nats: &str) -> Config {
             .map(|(_, value)| value.clone())
     })
     .expect("test configuration");
-    config.relay_interval = Duration::from_millis(100);
+    config.relay_retry = Duration::from_millis(100);
     config
 }
 

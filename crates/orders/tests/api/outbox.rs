@@ -296,3 +296,26 @@ async fn the_relay_keeps_an_orders_events_in_the_order_they_happened() {
     let _ = db.drop().await;
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn the_relay_sweep_finds_events_another_replica_left_behind() {
+    init_logs();
+    let stream = TestStream::new().await;
+    let mut config = test_config(&stream.spec, &common::testing::nats_url());
+    config.relay_sweep = Duration::from_millis(200);
+    let (_, db, shutdown, task) = start(config).await;
+    // Written after start-up, as by a replica that crashed before publishing.
+    let (order, event) = order_with_pending_event(ObjectId::new());
+    db.collection::<Order>("orders")
+        .insert_one(&order)
+        .await
+        .unwrap();
+    let events = stream
+        .wait_for::<OrderCreated>(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(events, [event]);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let _ = db.drop().await;
+    stream.delete().await;
+}
