@@ -162,19 +162,29 @@ impl<H: JobHandler> Worker<H> {
         ));
         let mut in_hand = JoinSet::new();
         let mut pause = Duration::from_millis(50);
+        let mut last_full = false;
         loop {
-            // Wait for a free slot before claiming, so no lease is taken on a job we cannot start.
-            let first = tokio::select! {
+            // Wait for a free slot before claiming, so no lease is taken on a job we cannot
+            // start. Right after a full claim we are saturated: waiting for half the slots
+            // makes the next claim a batch rather than a trickle of one-job claims.
+            let want = if last_full {
+                (options.concurrency / 2).max(1)
+            } else {
+                1
+            };
+            let free = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                free = slots.clone().acquire_many_owned(want as u32) => free.expect("the semaphore is never closed"),
             };
-            let limit = (1 + slots.available_permits()).min(MAX_BATCH);
+            // Only this loop takes slots, so they stay free until it takes them one per job.
+            drop(free);
+            let limit = slots.available_permits().clamp(1, MAX_BATCH);
             let claim = match context.queue.claim(limit, options.lease).await {
                 Ok(claim) => claim,
                 Err(e) => {
                     tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot claim jobs; trying again");
-                    drop(first);
+                    last_full = false;
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => {}
@@ -192,13 +202,12 @@ impl<H: JobHandler> Worker<H> {
                 );
             }
             let full = claim.jobs.len() == limit;
+            last_full = full;
             let claim = Arc::new(claim);
-            let mut first = Some(first);
             for job in claim.jobs.iter().cloned() {
-                let slot = match first.take() {
-                    Some(slot) => slot,
-                    // Only this loop takes slots, so the ones counted free above are still free.
-                    None => slots
+                let slot = match slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => slots
                         .clone()
                         .acquire_owned()
                         .await

@@ -26,7 +26,7 @@ use common::bus::{self, StreamSpec};
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
 use expiration::config::Config;
 use expiration::metrics::Metrics;
-use expiration::queue::{Job, Queue, QueueName};
+use expiration::queue::{Job, MAX_BATCH, Queue, QueueName};
 use expiration::startup::Application;
 use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
 use futures::StreamExt;
@@ -255,9 +255,9 @@ impl Run {
                 let (listen_record, listen_dues) = (record.clone(), dues.clone());
                 tokio::spawn(async move {
                     while let Some(message) = arrivals.next().await {
-                        let Ok(event) = serde_json::from_slice::<
-                            common::events::ExpirationComplete,
-                        >(&message.payload) else {
+                        let Ok(event) = serde_json::from_slice::<common::events::ExpirationComplete>(
+                            &message.payload,
+                        ) else {
                             continue;
                         };
                         let n = u64::from_str_radix(&event.order_id, 16).unwrap_or(u64::MAX);
@@ -288,14 +288,28 @@ impl Run {
         count: usize,
         due_ms: impl Fn(u64) -> i64,
     ) -> anyhow::Result<()> {
-        let jobs: Vec<(String, i64)> = (first..first + count as u64)
-            .map(|n| (format!("{n:024x}"), due_ms(n)))
-            .collect();
+        let ids = first..first + count as u64;
         match &self.nats {
             None => {
-                self.queue.schedule_many(&jobs).await?;
+                // Chunks built as they are sent, a few in flight: pipelined without holding
+                // every job in memory at once.
+                futures::stream::iter(ids.collect::<Vec<u64>>().chunks(MAX_BATCH))
+                    .map(|chunk| {
+                        let jobs: Vec<(String, i64)> = chunk
+                            .iter()
+                            .map(|n| (format!("{n:024x}"), due_ms(*n)))
+                            .collect();
+                        async move { self.queue.schedule_many(&jobs).await }
+                    })
+                    .buffer_unordered(8)
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
             }
             Some((js, spec)) => {
+                let jobs: Vec<(String, i64)> =
+                    ids.map(|n| (format!("{n:024x}"), due_ms(n))).collect();
                 {
                     let mut dues = self.dues.lock().unwrap();
                     for (n, (_, due)) in (first..).zip(&jobs) {
