@@ -300,6 +300,56 @@ async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_re
     queue.delete().await.unwrap();
 }
 
+/// Records when each job fired.
+struct Recorder(tokio::sync::mpsc::UnboundedSender<(String, i64, i64)>);
+
+impl JobHandler for Recorder {
+    async fn fire(&self, job: &Job) -> Result<(), BoxError> {
+        let _ = self.0.send((job.id.clone(), job.due_ms, now_ms()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_scheduled_by_another_replica_wakes_a_sleeping_worker() {
+    let queue = test_queue().await;
+    let other = Queue::connect(&redis_url(), queue.name().clone())
+        .await
+        .unwrap();
+    queue.schedule("far", now_ms() + 60_000).await.unwrap();
+    let (fired, mut fires) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Metrics::default();
+    let options = WorkerOptions {
+        // Without the wake-up the worker would sleep until `far`, a minute away.
+        max_idle: Duration::from_secs(60),
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(queue.clone(), Recorder(fired), options, metrics.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wakes = tokio::spawn(queue.clone().watch_wakes(shutdown.clone()));
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    eventually(Duration::from_secs(5), "the first claim", || async {
+        metrics.pending.get() == 1
+    })
+    .await;
+    // Let the subscription settle: it wakes the worker once when it subscribes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let due = now_ms() + 300;
+    assert!(other.schedule("soon", due).await.unwrap().woke);
+    let (id, job_due, at) = tokio::time::timeout(Duration::from_secs(5), fires.recv())
+        .await
+        .expect("the job fired within 5 s")
+        .unwrap();
+    assert_eq!((id.as_str(), job_due), ("soon", due));
+    assert!(at >= due, "fired {} ms early", due - at);
+    assert!(at - due < 200, "fired {} ms late", at - due);
+    shutdown.cancel();
+    running.await.unwrap();
+    wakes.await.unwrap();
+    queue.delete().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The worker in-process, on the local stack
 
@@ -604,6 +654,57 @@ async fn three_replicas_fire_each_of_a_thousand_jobs_exactly_once() {
     }
     queue.delete().await.unwrap();
     stream.delete().await;
+}
+
+#[tokio::test]
+async fn the_inspect_command_shows_pending_and_dead_jobs_and_requeues_them() {
+    let queue = test_queue().await;
+    let now = now_ms();
+    queue
+        .schedule_many(&[("waiting", now + 60_000), ("doomed", now - 10)])
+        .await
+        .unwrap();
+    let doomed = queue.claim(10, LEASE).await.unwrap().jobs.remove(0);
+    queue
+        .retry(&doomed, Duration::ZERO, 1, "NATS is away")
+        .await
+        .unwrap();
+    let inspect = |args: &'static [&'static str]| {
+        let name = queue.name().clone();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_expiration"))
+                .args(args)
+                .env_clear()
+                .env("REDIS_URL", redis_url())
+                .env("REDIS_KEY_PREFIX", &name.prefix)
+                .env("EXPIRATION_QUEUE", &name.name)
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        }
+    };
+    let report = inspect(&["inspect"]).await;
+    assert!(
+        report.contains("pending      1 (1 waiting, 0 being fired)"),
+        "{report}"
+    );
+    assert!(report.contains("(in "), "{report}");
+    assert!(report.contains("dead-letter  1"), "{report}");
+    assert!(
+        report.contains("doomed")
+            && report.contains("attempts 1")
+            && report.contains("NATS is away"),
+        "{report}"
+    );
+    assert_eq!(
+        inspect(&["inspect", "requeue"]).await.trim(),
+        "requeued 1 dead-lettered job(s)"
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.dead), (2, 0));
+    queue.delete().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -483,3 +483,36 @@ async fn steady(args: &Args, run: &Run) -> anyhow::Result<Report> {
         adds_overran_due: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> anyhow::Result<Args> {
+        parse_args(
+            &line
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn the_documented_command_lines_parse() {
+        let burst = args("burst --jobs 500 --scope worker --concurrency 8").unwrap();
+        assert_eq!(
+            (burst.mode, burst.scope, burst.jobs, burst.concurrency),
+            (Mode::Burst, Scope::Worker, 500, 8)
+        );
+        let steady = args("steady --rate 200 --seconds 3 --redis-url redis://r:1").unwrap();
+        assert_eq!(
+            (steady.mode, steady.scope, steady.rate, steady.seconds),
+            (Mode::Steady, Scope::Queue, 200, 3)
+        );
+        assert_eq!(steady.redis_url, "redis://r:1");
+        assert!(args("burst --jobs 0").is_err());
+        assert!(args("burst --jobs").is_err());
+        assert!(args("burst --scope cluster").is_err());
+        assert!(args("drain").is_err());
+    }
+}
