@@ -1,6 +1,7 @@
 //! Load command for the orders API: drives `POST /api/orders` (each request for a fresh ticket,
 //! inserted into MongoDB beforehand as replicas) and then `GET /api/orders/{id}` at a fixed
-//! concurrency for a fixed time against a running service, and prints one JSON line per route.
+//! concurrency for a fixed time against a running service, and prints one JSON line per route
+//! (then `GET /healthz` as a control without database or NATS work).
 //! It also reports the CPU used meanwhile by the service, the database and NATS, to show which
 //! one bounds the throughput.
 //!
@@ -369,6 +370,27 @@ async fn main() -> anyhow::Result<()> {
         &watched,
         &cookies,
         get,
+        StatusCode::OK,
+    )
+    .await?;
+    // A control without database or NATS work: the ceiling of HTTP, routing, logging and
+    // metrics in the service on this machine.
+    let health = Arc::new(|_: usize, _: &str| {
+        Some(
+            Request::builder()
+                .method(Method::GET)
+                .uri("/healthz")
+                .header(header::HOST, "orders")
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request"),
+        )
+    });
+    phase(
+        "GET /healthz",
+        &args,
+        &watched,
+        &cookies,
+        health,
         StatusCode::OK,
     )
     .await?;
