@@ -12,6 +12,32 @@ pub use ticket::{Ticket, TicketUpdate, Tickets};
 
 use mongodb::Database;
 
+/// Reads a whole number stored as Int32, Int64 or Double (as a shell or another tool may write
+/// `version`), refusing fractions.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(E::custom)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
+                Ok(v as i64)
+            } else {
+                Err(E::custom(format!("{v} is not a whole number")))
+            }
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
 /// A database operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("database operation failed")]
@@ -31,4 +57,27 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 pub async fn ensure_indexes(db: &Database) -> Result<(), StoreError> {
     Orders::new(db).ensure_indexes().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::{self, doc, oid::ObjectId};
+
+    use super::Ticket;
+
+    #[test]
+    fn reads_prices_and_versions_stored_as_any_numeric_type() {
+        for (price, version) in [
+            (bson::Bson::Int32(20), bson::Bson::Int32(3)),
+            (bson::Bson::Int64(20), bson::Bson::Int64(3)),
+            (bson::Bson::Double(20.0), bson::Bson::Double(3.0)),
+        ] {
+            let stored =
+                doc! { "_id": ObjectId::new(), "title": "t", "price": price, "version": version };
+            let ticket: Ticket = bson::from_document(stored).unwrap();
+            assert_eq!((ticket.price, ticket.version), (20.0, 3));
+        }
+        let fractional = doc! { "_id": ObjectId::new(), "title": "t", "price": 1, "version": 1.5 };
+        assert!(bson::from_document::<Ticket>(fractional).is_err());
+    }
 }

@@ -63,6 +63,7 @@ pub struct Order {
     pub expires_at: bson::DateTime,
     /// The ticket's id (its replica in `tickets`).
     pub ticket: ObjectId,
+    #[serde(deserialize_with = "super::whole_number")]
     pub version: i64,
     /// Unique: the ticket id while this order reserves it, the order's own id once cancelled.
     pub reservation: ObjectId,

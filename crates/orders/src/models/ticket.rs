@@ -18,6 +18,7 @@ pub struct Ticket {
     pub title: String,
     /// Stored as a double; an Int32 or Int64 written by another tool reads as well.
     pub price: f64,
+    #[serde(deserialize_with = "super::whole_number")]
     pub version: i64,
 }
 

@@ -150,6 +150,10 @@ async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() 
         .unwrap()
         .unwrap();
     assert_eq!(pending.outbox.len(), 1, "the event waits in the outbox");
+    let ready = send(port, Method::GET, "/readyz", &[], None).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json()["checks"]["mongodb"], "ok");
+    assert_ne!(ready.json()["checks"]["nats"], "ok");
 
     nats.resume();
     let client = async_nats::connect(nats.url()).await.unwrap();

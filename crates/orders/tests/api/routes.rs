@@ -216,6 +216,12 @@ async fn listing_shows_only_the_users_orders_oldest_first_with_their_tickets() {
     let answer = app.get("/api/orders", &alice).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json(), json!(expected));
+    let trailing_slash = app.get("/api/orders/", &alice).await;
+    assert_eq!(
+        trailing_slash.json(),
+        json!(expected),
+        "as Express routes do"
+    );
     assert!(
         answer
             .json()
