@@ -13,7 +13,7 @@
 //! | `EXPIRATION_QUEUE` | `expiration` | queue name: keys are `{<prefix>:<queue>}:*` |
 //! | `OPS_PORT` | `8080` | port of `/healthz`, `/readyz`, `/metrics` (0: any free port) |
 //! | `EXPIRATION_CONCURRENCY` | `64` | most publishes in flight per replica |
-//! | `EXPIRATION_LEASE_MS` | `30000` | lease of a claimed job; must exceed the publish timeout |
+//! | `EXPIRATION_LEASE_MS` | `30000` | lease of a claimed job; must exceed twice the publish timeout |
 //! | `EXPIRATION_PUBLISH_TIMEOUT_MS` | `5000` | longest wait for one publish acknowledgement |
 //! | `EXPIRATION_MAX_ATTEMPTS` | `10` | fires of one job before it is dead-lettered |
 //! | `EXPIRATION_RETRY_INITIAL_MS` | `1000` | first retry delay, doubled per attempt |
@@ -26,7 +26,7 @@ use std::time::Duration;
 use common::bus::{Backoff, BusError, NatsConfig};
 
 use crate::queue::QueueName;
-use crate::worker::WorkerOptions;
+use crate::worker::{CLAIM_AHEAD, WorkerOptions};
 
 /// Everything the worker reads from the environment.
 #[derive(Debug, Clone)]
@@ -113,12 +113,13 @@ impl Config {
         }
         let lease = millis("EXPIRATION_LEASE_MS", 30_000)?;
         let publish_timeout = millis("EXPIRATION_PUBLISH_TIMEOUT_MS", 5_000)?;
-        if lease <= publish_timeout {
-            // Otherwise a slow but successful publish would let another replica fire it again.
+        if lease <= publish_timeout * CLAIM_AHEAD as u32 {
+            // A claimed job may wait one round of publishes for a slot, then publish: a shorter
+            // lease would let another replica fire it again while this one still could.
             return Err(invalid(
                 "EXPIRATION_LEASE_MS",
                 format!(
-                    "({} ms) must exceed EXPIRATION_PUBLISH_TIMEOUT_MS ({} ms)",
+                    "({} ms) must exceed twice EXPIRATION_PUBLISH_TIMEOUT_MS ({} ms)",
                     lease.as_millis(),
                     publish_timeout.as_millis()
                 ),

@@ -2,9 +2,12 @@
 //!
 //! The loop sleeps until the earliest due time (or lease expiry) the last claim reported, and is
 //! woken early when an earlier job is scheduled: by this process directly, by other replicas
-//! through the queue's wake channel. It claims no more jobs than it has free handler slots, so a
-//! lease never ticks away on a job waiting for a slot. A fired job is completed in batches by a
-//! separate task; a failed one is retried with exponential backoff, then dead-lettered.
+//! through the queue's wake channel. It holds at most [`CLAIM_AHEAD`] times `concurrency` claimed
+//! jobs, so a claimed job waits at most one round of publishes for a handler slot: its lease
+//! (which must exceed twice the publish timeout) never ticks away in the waiting. Claiming ahead
+//! of the free slots lets a saturated worker claim in batches, each claim being one round trip.
+//! A fired job is completed in batches by a separate task; a failed one is retried with
+//! exponential backoff, then dead-lettered.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::queue::{Claim, Job, MAX_BATCH, Queue, QueueError, RetryOutcome};
+
+/// How many claimed jobs a worker holds per handler slot (see the module documentation).
+pub const CLAIM_AHEAD: usize = 2;
 
 /// Any error a handler reports.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -154,6 +160,8 @@ impl<H: JobHandler> Worker<H> {
             );
         }
         let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        let budget_size = (options.concurrency.max(1) * CLAIM_AHEAD).min(MAX_BATCH);
+        let budget = Arc::new(Semaphore::new(budget_size));
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(complete_loop(
             context.queue.clone(),
@@ -164,22 +172,22 @@ impl<H: JobHandler> Worker<H> {
         let mut pause = Duration::from_millis(50);
         let mut last_full = false;
         loop {
-            // Wait for a free slot before claiming, so no lease is taken on a job we cannot
-            // start. Right after a full claim we are saturated: waiting for half the slots
+            // Wait for room before claiming, so no lease is taken on a job that would wait long
+            // for a slot. Right after a full claim we are saturated: waiting for half the room
             // makes the next claim a batch rather than a trickle of one-job claims.
             let want = if last_full {
-                (options.concurrency / 2).max(1)
+                (budget_size / 2).max(1)
             } else {
                 1
             };
-            let free = tokio::select! {
+            let room = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                free = slots.clone().acquire_many_owned(want as u32) => free.expect("the semaphore is never closed"),
+                room = budget.clone().acquire_many_owned(want as u32) => room.expect("the semaphore is never closed"),
             };
-            // Only this loop takes slots, so they stay free until it takes them one per job.
-            drop(free);
-            let limit = slots.available_permits().clamp(1, MAX_BATCH);
+            // Only this loop takes room, so it stays free until it takes it one per job.
+            drop(room);
+            let limit = budget.available_permits().clamp(1, MAX_BATCH);
             let claim = match context.queue.claim(limit, options.lease).await {
                 Ok(claim) => claim,
                 Err(e) => {
@@ -205,9 +213,9 @@ impl<H: JobHandler> Worker<H> {
             last_full = full;
             let claim = Arc::new(claim);
             for job in claim.jobs.iter().cloned() {
-                let slot = match slots.clone().try_acquire_owned() {
-                    Ok(slot) => slot,
-                    Err(_) => slots
+                let room = match budget.clone().try_acquire_owned() {
+                    Ok(room) => room,
+                    Err(_) => budget
                         .clone()
                         .acquire_owned()
                         .await
@@ -217,7 +225,8 @@ impl<H: JobHandler> Worker<H> {
                     context.clone(),
                     claim.clone(),
                     job,
-                    slot,
+                    room,
+                    slots.clone(),
                     done_tx.clone(),
                     shutdown.clone(),
                 ));
@@ -289,11 +298,17 @@ async fn fire_one<H: JobHandler>(
     context: Arc<Context<H>>,
     claim: Arc<Claim>,
     job: Job,
-    slot: OwnedSemaphorePermit,
+    room: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
     done: mpsc::UnboundedSender<(String, u64)>,
     shutdown: CancellationToken,
 ) {
-    let _slot = slot;
+    let _room = room;
+    // Slots are handed out first come, first served: jobs fire in claim order.
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
     if context.options.hold_before_fire {
         tracing::warn!(job = %job.id, attempts = job.attempts, "holding a claimed job before publishing (fault injection)");
         shutdown.cancelled().await;
