@@ -119,20 +119,55 @@ impl Orders {
         }
     }
 
-    /// Creates the indexes of the reservation, the user's list and the relay's scan.
+    /// Creates the indexes of the reservation, the user's list and the relay's scan, if missing.
+    ///
+    /// Only the missing ones are sent: FerretDB 1.24 drops the connection when asked to create
+    /// an index that already exists (so a restart, or a second replica, would fail to start).
+    /// A replica starting at the same moment may still create one first; then look again.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let indexes = [
-            IndexModel::builder()
-                .keys(doc! { "reservation": 1 })
-                .options(IndexOptions::builder().unique(true).build())
-                .build(),
-            IndexModel::builder()
-                .keys(doc! { "userId": 1, "_id": 1 })
-                .build(),
-            IndexModel::builder().keys(doc! { "outbox.id": 1 }).build(),
+        let index = |name: &str, keys: mongodb::bson::Document, unique: bool| {
+            let options = IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(unique.then_some(true))
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        };
+        let wanted = [
+            index("reservation_1", doc! { "reservation": 1 }, true),
+            index("userId_1__id_1", doc! { "userId": 1, "_id": 1 }, false),
+            index("outbox.id_1", doc! { "outbox.id": 1 }, false),
         ];
-        self.collection.create_indexes(indexes).await?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            let existing = match self.collection.list_index_names().await {
+                Ok(names) => names,
+                // A collection that does not exist yet has no indexes.
+                Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Command(ref c) if c.code == 26) => {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let missing: Vec<IndexModel> = wanted
+                .iter()
+                .filter(|model| {
+                    let name = model.options.as_ref().and_then(|o| o.name.as_ref());
+                    !name.is_some_and(|name| existing.contains(name))
+                })
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            match self.collection.create_indexes(missing).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "creating indexes failed; looking again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Inserts a `created` order at version 0 for `ticket`, with its `order:created` in the

@@ -116,3 +116,33 @@ async fn the_binary_stops_cleanly_on_sigterm_without_logging_the_key() {
         .await;
     stream.delete().await;
 }
+
+#[tokio::test]
+async fn the_service_starts_again_on_a_database_it_created_and_beside_a_second_replica() {
+    use super::helpers::{init_logs, start, test_config};
+    init_logs();
+    let stream = TestStream::new().await;
+    let config = test_config(&stream.spec, &common::testing::nats_url());
+    let (_, db, first_stop, first) = start(config.clone()).await;
+    // A second replica on the same database while the first runs, then a restart of the first.
+    let (_, _, second_stop, second) = start(config.clone()).await;
+    first_stop.cancel();
+    first.await.unwrap().unwrap();
+    let (_, _, again_stop, again) = start(config).await;
+    let mut names = db
+        .collection::<mongodb::bson::Document>("orders")
+        .list_index_names()
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["_id_", "outbox.id_1", "reservation_1", "userId_1__id_1"]
+    );
+    second_stop.cancel();
+    again_stop.cancel();
+    second.await.unwrap().unwrap();
+    again.await.unwrap().unwrap();
+    let _ = db.drop().await;
+    stream.delete().await;
+}
