@@ -3,8 +3,10 @@
 //! A request (or listener) writes its change and its event in one update, then calls
 //! [`Outbox::publish_now`] before answering. When NATS is down, slow, or the process dies
 //! first, the event stays in the document and the relay ([`Outbox::run`]) publishes it later.
-//! Entries of one order go out in the order they were written, and each is removed only after
-//! JetStream acknowledged it; the event's message id makes a second publish of the same entry a
+//! Entries of one order go out in the order they were written; each is marked published (in
+//! `published_events`, see [`crate::models::published`]) once JetStream acknowledged it, and the
+//! outbox of an order is emptied when the order is final (cancelled or complete) and all its
+//! entries are published. The event's message id makes a second publish of the same entry a
 //! duplicate JetStream drops.
 //!
 //! The relay's pass looks for orders with pending events. On FerretDB 1.24 such a query scans the
@@ -24,7 +26,7 @@ use common::telemetry::ErrorChain;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::models::{Order, Orders, StoreError};
+use crate::models::{Order, Orders, PublishedEvents, StoreError};
 
 /// How many orders the relay reads per batch.
 const BATCH: i64 = 100;
@@ -48,6 +50,7 @@ pub enum OutboxError {
 /// The publisher of outbox entries, shared by requests, listeners and the relay.
 pub struct Outbox {
     orders: Orders,
+    published: PublishedEvents,
     publisher: Publisher,
     client: async_nats::Client,
     publish_timeout: Duration,
@@ -70,12 +73,14 @@ impl Outbox {
     /// An outbox over `orders` publishing with `publisher` on `client`'s connection.
     pub fn new(
         orders: Orders,
+        published: PublishedEvents,
         publisher: Publisher,
         client: async_nats::Client,
         publish_timeout: Duration,
     ) -> Self {
         Outbox {
             orders,
+            published,
             publisher,
             client,
             publish_timeout,
@@ -100,11 +105,18 @@ impl Outbox {
         }
     }
 
-    /// Publishes `order`'s entries oldest first and removes each once acknowledged; stops at the
-    /// first failure so that no event overtakes an earlier one of the same order.
+    /// Publishes `order`'s unpublished entries oldest first, marking each once acknowledged;
+    /// stops at the first failure so that no event overtakes an earlier one of the same order.
+    /// Empties the outbox of a final order whose entries are all published.
     pub async fn flush(&self, order: &Order) -> Result<usize, OutboxError> {
+        let ids: Vec<String> = order.outbox.iter().map(|entry| entry.id.clone()).collect();
+        let already = self.published.marked(&ids).await?;
         let mut published = 0;
-        for entry in &order.outbox {
+        for entry in order
+            .outbox
+            .iter()
+            .filter(|entry| !already.contains(&entry.id))
+        {
             if self.client.connection_state() != State::Connected {
                 // Publishing now would only queue in the client until a timeout.
                 return Err(OutboxError::Disconnected);
@@ -121,27 +133,48 @@ impl Outbox {
                     tracing::error!(order_id = %order.id, subject = %entry.subject, message_id = %entry.id, "dropping an outbox entry with an unknown subject");
                 }
             }
-            self.orders.pull(order.id, entry).await?;
+            self.published.mark(&entry.id).await?;
+        }
+        if order.is_final() && !ids.is_empty() {
+            self.orders.clear_outbox(order.id, order.version).await?;
+            self.published.forget(&ids).await?;
         }
         Ok(published)
     }
 
-    /// One pass over every order with pending events; returns how many events it published.
+    /// One pass over every order with outbox entries; returns how many events it published.
     pub async fn flush_pending(&self) -> Result<usize, OutboxError> {
         if self.client.connection_state() != State::Connected {
             // Spare the database a scan whose events could not be published anyway.
             return Err(OutboxError::Disconnected);
         }
         let mut published = 0;
+        let mut after = None;
         loop {
-            let orders = self.orders.pending(BATCH).await?;
+            let orders = self.orders.with_outbox(after, BATCH).await?;
             for order in &orders {
                 published += self.flush(order).await?;
             }
-            if (orders.len() as i64) < BATCH {
-                return Ok(published);
+            match orders.last() {
+                Some(last) if orders.len() as i64 == BATCH => after = Some(last.id),
+                _ => return Ok(published),
             }
         }
+    }
+
+    /// The entries of `order` not yet acknowledged by JetStream, oldest first.
+    pub async fn unpublished(
+        &self,
+        order: &Order,
+    ) -> Result<Vec<crate::models::OutboxEntry>, StoreError> {
+        let ids: Vec<String> = order.outbox.iter().map(|entry| entry.id.clone()).collect();
+        let marked = self.published.marked(&ids).await?;
+        Ok(order
+            .outbox
+            .iter()
+            .filter(|entry| !marked.contains(&entry.id))
+            .cloned()
+            .collect())
     }
 
     /// Tells the relay that events are outstanding: it makes a pass now and retries until one

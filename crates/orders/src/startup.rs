@@ -24,7 +24,7 @@ use crate::listeners::{
     TicketUpdatedListener,
 };
 use crate::metrics::Metrics;
-use crate::models::{self, Orders, StoreError, Tickets};
+use crate::models::{self, Orders, PublishedEvents, StoreError, Tickets};
 use crate::outbox::{Outbox, RelaySchedule};
 use crate::routes::{self, AppState};
 
@@ -111,6 +111,7 @@ impl Application {
         );
         let outbox = Arc::new(Outbox::new(
             orders.clone(),
+            PublishedEvents::new(&database),
             publisher,
             nats.clone(),
             config.publish_timeout,
@@ -229,6 +230,7 @@ impl Application {
             &js,
             PaymentCreatedListener {
                 orders: state.orders.clone(),
+                outbox: state.outbox.clone(),
                 metrics: state.metrics.clone(),
             },
             &options,

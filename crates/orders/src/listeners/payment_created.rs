@@ -8,11 +8,13 @@ use common::events::{OrderStatus, PaymentCreated};
 use super::{QUEUE_GROUP, parse_id};
 use crate::metrics::Metrics;
 use crate::models::{OrderChange, Orders};
+use crate::outbox::Outbox;
 
 /// Sets `complete` on a `created` or `awaiting:payment` order. A payment for a cancelled order
 /// leaves it unchanged and is logged and counted as an anomaly for a human to refund.
 pub struct PaymentCreatedListener {
     pub orders: Orders,
+    pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -36,6 +38,8 @@ impl Listener for PaymentCreatedListener {
         {
             OrderChange::Changed(order) => {
                 tracing::info!(order_id = %id, payment_id = %event.id, version = order.version, "order paid");
+                // Publishes nothing new; a complete order's outbox is emptied once published.
+                self.outbox.publish_now(&order).await;
             }
             OrderChange::Unchanged(order) if order.status == OrderStatus::Cancelled => {
                 tracing::error!(

@@ -5,9 +5,11 @@
 //! also bumps its version and appends its events to the order's outbox.
 
 pub mod order;
+pub mod published;
 pub mod ticket;
 
 pub use order::{Order, OrderChange, Orders, OutboxEntry};
+pub use published::PublishedEvents;
 pub use ticket::{Ticket, TicketUpdate, Tickets};
 
 use mongodb::Database;

@@ -287,27 +287,43 @@ impl Orders {
         }
     }
 
-    /// Removes a published entry from the outbox of order `id`.
-    pub async fn pull(&self, id: ObjectId, entry: &OutboxEntry) -> Result<(), StoreError> {
+    /// Empties the outbox of a cancelled or complete order at `version`; nothing else writes
+    /// such an order, so this cannot overwrite a concurrent change (see [`super::published`]).
+    pub async fn clear_outbox(&self, id: ObjectId, version: i64) -> Result<(), StoreError> {
         self.collection
             .update_one(
-                doc! { "_id": id },
-                doc! { "$pull": { "outbox": entry.to_document() } },
+                doc! { "_id": id, "version": version, "status": { "$in": [OrderStatus::Cancelled.as_str(), OrderStatus::Complete.as_str()] } },
+                doc! { "$set": { "outbox": [] } },
             )
             .await?;
         Ok(())
     }
 
-    /// Up to `limit` orders with unpublished events, oldest first.
-    pub async fn pending(&self, limit: i64) -> Result<Vec<Order>, StoreError> {
+    /// Up to `limit` orders holding outbox entries, in `_id` order after `after`.
+    pub async fn with_outbox(
+        &self,
+        after: Option<ObjectId>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
+        let filter = match after {
+            Some(after) => doc! { "outbox.id": { "$exists": true }, "_id": { "$gt": after } },
+            None => doc! { "outbox.id": { "$exists": true } },
+        };
         Ok(self
             .collection
-            .find(doc! { "outbox.id": { "$exists": true } })
+            .find(filter)
             .sort(doc! { "_id": 1 })
             .limit(limit)
             .await?
             .try_collect()
             .await?)
+    }
+}
+
+impl Order {
+    /// Whether the order can change no more (cancelled or paid).
+    pub fn is_final(&self) -> bool {
+        matches!(self.status, OrderStatus::Cancelled | OrderStatus::Complete)
     }
 }
 

@@ -141,6 +141,11 @@ impl TestApp {
     }
 
     /// The stored order `id`.
+    /// How many outbox entries of order `id` JetStream has not acknowledged yet.
+    pub async fn unpublished(&self, id: &str) -> usize {
+        unpublished(&self.db, &self.order(id).await).await
+    }
+
     pub async fn order(&self, id: &str) -> Order {
         self.orders()
             .get(ObjectId::parse_str(id).unwrap())
@@ -302,4 +307,14 @@ pub fn signed_in() -> (String, String) {
         session_cookie(&JwtKey::new(JWT_SECRET.as_bytes()).sign(&user(&id))),
         id,
     )
+}
+
+/// How many of `order`'s outbox entries are not marked published in `db`.
+pub async fn unpublished(db: &Database, order: &Order) -> usize {
+    let ids: Vec<String> = order.outbox.iter().map(|entry| entry.id.clone()).collect();
+    let marked = orders::models::PublishedEvents::new(db)
+        .marked(&ids)
+        .await
+        .unwrap();
+    ids.iter().filter(|id| !marked.contains(*id)).count()
 }

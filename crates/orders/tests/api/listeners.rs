@@ -197,6 +197,10 @@ async fn payment_created_completes_the_order_once() {
     app.wait_until_acked(Subject::PaymentCreated).await;
     let order = app.order(&id).await;
     assert_eq!((order.status.as_str(), order.version), ("complete", 1));
+    assert!(
+        order.outbox.is_empty(),
+        "a paid order's published order:created leaves its outbox"
+    );
     app.redeliver(&paid).await;
     app.wait_until_acked(Subject::PaymentCreated).await;
     assert_eq!(

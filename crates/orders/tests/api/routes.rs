@@ -50,9 +50,15 @@ async fn creating_an_order_reserves_the_ticket_and_publishes_order_created() {
         [expected],
         "published before the answer, exactly as SPEC section 1"
     );
-    assert!(
-        app.order(&id).await.outbox.is_empty(),
-        "the published event left the outbox"
+    assert_eq!(
+        app.unpublished(&id).await,
+        0,
+        "the event is marked published before the answer"
+    );
+    assert_eq!(
+        app.order(&id).await.outbox.len(),
+        1,
+        "publishing never writes an open order (see models::published)"
     );
     app.stop().await;
 }
@@ -289,6 +295,10 @@ async fn cancelling_bumps_the_version_once_releases_the_ticket_and_publishes_ord
     );
     let stored = app.order(&id).await;
     assert_eq!(stored.reservation.to_hex(), id, "the ticket is released");
+    assert!(
+        stored.outbox.is_empty(),
+        "a cancelled order's outbox is emptied once its events are published"
+    );
     assert_eq!(
         app.stream.bodies(Subject::OrderCancelled).await,
         [format!(
