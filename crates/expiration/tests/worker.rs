@@ -563,20 +563,33 @@ async fn a_worker_killed_between_claim_and_publish_fires_the_job_after_a_restart
 }
 
 #[tokio::test]
-async fn sigterm_finishes_in_flight_work_and_exits_zero() {
+async fn sigterm_finishes_the_publishes_in_flight_and_exits_zero() {
     let stream = TestStream::new().await;
     let queue = test_queue().await;
-    let env = worker_env(&stream.env(), &redis_url(), queue.name());
+    let mut env = worker_env(&stream.env(), &redis_url(), queue.name());
+    // One publish at a time, so that SIGTERM lands while jobs are still being fired.
+    env.insert("EXPIRATION_CONCURRENCY".into(), "1".into());
     let worker = WorkerProcess::spawn(&env).await;
-    let id = order_id();
-    stream.publish(&order_created(&id, now_ms() - 1)).await;
-    stream
-        .wait_for::<ExpirationComplete>(1, Duration::from_secs(10))
-        .await;
+    let past = now_ms() - 1;
+    let jobs: Vec<(String, i64)> = (0..300).map(|_| (order_id(), past)).collect();
+    queue.schedule_many(&jobs).await.unwrap();
+    eventually(Duration::from_secs(10), "the first fires", || async {
+        worker.metric("jobs_fired_total").await >= 1.0
+    })
+    .await;
     let log = worker.log.clone();
     assert!(worker.terminate().await, "exit status 0");
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("expiration worker stopped"), "{log}");
+    // Every job claimed before the signal was published and completed; none was left leased.
+    let stats = queue.stats().await.unwrap();
+    let published = stream.events::<ExpirationComplete>().await.len() as u64;
+    assert_eq!(stats.leased, 0, "a claimed job was abandoned");
+    assert_eq!(
+        published + stats.waiting,
+        300,
+        "{stats:?}, {published} published"
+    );
     queue.delete().await.unwrap();
     stream.delete().await;
 }
@@ -767,6 +780,12 @@ async fn a_job_due_while_nats_is_down_is_retried_and_fires_once_nats_is_back() {
     )
     .await;
     assert_eq!(app.metric("jobs_fired_total").await, 0.0);
+    let (status, body) = http_get(app.ops, "/readyz").await;
+    assert!(status.contains("503"), "{status} {body}");
+    assert!(
+        body.contains(r#""redis":"ok""#) && !body.contains(r#""nats":"ok""#),
+        "{body}"
+    );
     nats.launch().await;
 
     eventually(

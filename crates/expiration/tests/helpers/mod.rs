@@ -209,14 +209,12 @@ impl WorkerProcess {
             .expect("the expiration binary starts");
         let ops: SocketAddr = ([127, 0, 0, 1], port).into();
         let process = WorkerProcess { child, ops, log };
-        let log = process.log.clone();
         eventually(
             Duration::from_secs(15),
             "the worker process to answer /healthz",
             || async { tokio::net::TcpStream::connect(ops).await.is_ok() },
         )
         .await;
-        let _ = log;
         process
     }
 
