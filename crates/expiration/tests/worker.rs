@@ -577,9 +577,8 @@ async fn sigterm_finishes_the_publishes_in_flight_and_exits_zero() {
         worker.metric("jobs_fired_total").await >= 1.0
     })
     .await;
-    let log = worker.log.clone();
-    assert!(worker.terminate().await, "exit status 0");
-    let log = std::fs::read_to_string(log).unwrap();
+    let (exited_zero, log) = worker.terminate_with_log().await;
+    assert!(exited_zero, "exit status 0: {log}");
     assert!(log.contains("expiration worker stopped"), "{log}");
     // Every job claimed before the signal was published and completed; none was left leased.
     let stats = queue.stats().await.unwrap();

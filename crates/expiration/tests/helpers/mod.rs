@@ -229,18 +229,34 @@ impl WorkerProcess {
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited 0.
-    pub async fn terminate(mut self) -> bool {
+    pub async fn terminate(self) -> bool {
+        self.terminate_with_log().await.0
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0, and its log.
+    pub async fn terminate_with_log(mut self) -> (bool, String) {
         signal(self.child.id().unwrap(), "TERM");
         let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
             .await
             .expect("the worker exits within 15 s of SIGTERM")
             .unwrap();
-        status.success()
+        (status.success(), self.log_text())
     }
 
     /// The process' log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        // Keep the log of a failed test for its post-mortem; print where it is.
+        if std::thread::panicking() {
+            eprintln!("worker log: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
