@@ -24,7 +24,14 @@ pub struct Scenario {
     pub window_secs: u64,
     /// Extra variables for the expiration worker (lease, retry delays).
     pub expiration_overrides: Vec<(String, String)>,
+    /// Held for the life of the world: one world at a time per process (see [`Scenario::new`]).
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Worlds run one after another: each drives hundreds of orders through a MongoDB-compatible
+/// server that (as FerretDB on SQLite) writes one document at a time, and two at once on the
+/// 2-core machine would make each other's timing, not the services, the subject of the test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Scenario {
     /// A world on the local stack's NATS server.
@@ -38,6 +45,7 @@ impl Scenario {
     }
 
     async fn build(stream: TestStream, window_secs: u64) -> Self {
+        let exclusive = ONE_AT_A_TIME.lock().await;
         let name = unique_name("e2e").replace('-', "_");
         let jwt_secret = unique_name("secret");
         let log = stream.log().await;
@@ -59,6 +67,7 @@ impl Scenario {
                 ("EXPIRATION_RETRY_MAX_MS".into(), "1000".into()),
             ],
             stream,
+            _exclusive: exclusive,
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Placed {
     pub order_id: String,
     pub expires_at: DateTime<Utc>,
     pub paid: bool,
+    /// The buyer's cookie, kept for paid orders.
+    pub owner: Option<String>,
 }
 
 /// Places `count` orders, one fresh ticket and buyer each, in `waves` waves spaced `gap` apart
@@ -72,6 +74,7 @@ pub async fn place_orders(
                     order_id,
                     expires_at,
                     paid,
+                    owner: paid.then_some(buyer.cookie),
                 }
             }
         });
@@ -82,6 +85,22 @@ pub async fn place_orders(
                 .collect::<Vec<_>>()
                 .await,
         );
+
+        // A payment applied after its order expired would rightly lose to the expiry; the checks
+        // below assume every payment landed first, so make sure it did.
+        for order in placed[first..].iter().filter(|p| p.paid) {
+            let api = &apis[0];
+            let owner = order.owner.as_ref().expect("paid orders keep their buyer");
+            api.wait_status(owner, &order.order_id, "complete", Duration::from_secs(30))
+                .await
+                .expect("payment applied");
+            assert!(
+                Utc::now() < order.expires_at,
+                "order {} was paid only after it expired: this machine is too slow for a {} s window",
+                order.order_id,
+                world.window_secs
+            );
+        }
         if wave + 1 < waves {
             tokio::time::sleep(gap).await;
         }
