@@ -24,6 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use common::bus::{Backoff, BusError, NatsConfig};
+use common::env::{EnvVar, NATS, TELEMETRY};
 
 use crate::queue::QueueName;
 use crate::worker::{CLAIM_AHEAD, WorkerOptions};
@@ -76,6 +77,98 @@ pub enum ConfigError {
     Invalid { name: &'static str, problem: String },
     #[error(transparent)]
     Nats(#[from] BusError),
+}
+
+/// The variables the worker reads itself (NATS and logging ones come from `common`).
+pub const EXPIRATION_VARS: [EnvVar; 13] = [
+    EnvVar {
+        name: "REDIS_URL",
+        required: false,
+        default: None,
+        about: "Redis URL (redis:// or rediss://); overrides REDIS_HOST and REDIS_PORT",
+    },
+    EnvVar {
+        name: "REDIS_HOST",
+        required: true,
+        default: None,
+        about: "Redis host, unless REDIS_URL is set",
+    },
+    EnvVar {
+        name: "REDIS_PORT",
+        required: false,
+        default: Some("6379"),
+        about: "Redis port with REDIS_HOST",
+    },
+    EnvVar {
+        name: "REDIS_KEY_PREFIX",
+        required: false,
+        default: Some("ticketing"),
+        about: "first part of the queue's hash tag",
+    },
+    EnvVar {
+        name: "EXPIRATION_QUEUE",
+        required: false,
+        default: Some("expiration"),
+        about: "queue name; keys are {prefix:queue}:*",
+    },
+    EnvVar {
+        name: "OPS_PORT",
+        required: false,
+        default: Some("8080"),
+        about: "port of /healthz, /readyz and /metrics",
+    },
+    EnvVar {
+        name: "EXPIRATION_CONCURRENCY",
+        required: false,
+        default: Some("64"),
+        about: "publishes in flight per replica",
+    },
+    EnvVar {
+        name: "EXPIRATION_LEASE_MS",
+        required: false,
+        default: Some("30000"),
+        about: "lease of a claimed job; another replica fires it after this",
+    },
+    EnvVar {
+        name: "EXPIRATION_PUBLISH_TIMEOUT_MS",
+        required: false,
+        default: Some("5000"),
+        about: "longest wait for one publish acknowledgement",
+    },
+    EnvVar {
+        name: "EXPIRATION_MAX_ATTEMPTS",
+        required: false,
+        default: Some("10"),
+        about: "fires before a job is dead-lettered",
+    },
+    EnvVar {
+        name: "EXPIRATION_RETRY_INITIAL_MS",
+        required: false,
+        default: Some("1000"),
+        about: "first retry delay after a failed publish",
+    },
+    EnvVar {
+        name: "EXPIRATION_RETRY_MAX_MS",
+        required: false,
+        default: Some("60000"),
+        about: "longest retry delay",
+    },
+    EnvVar {
+        name: "EXPIRATION_FAULT_HOLD_BEFORE_PUBLISH",
+        required: false,
+        default: Some("false"),
+        about: "test only: claim jobs but never publish them",
+    },
+];
+
+/// Every variable the `expiration` binary reads, as `expiration --env-vars` prints them.
+pub fn env_vars() -> Vec<EnvVar> {
+    EXPIRATION_VARS
+        .iter()
+        .chain(NATS.iter())
+        .chain(TELEMETRY.iter())
+        .copied()
+        .collect()
 }
 
 impl Config {
@@ -246,6 +339,33 @@ mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn env_vars_lists_exactly_the_variables_the_config_reads() {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        // With REDIS_URL, then without it (REDIS_PORT is only read with REDIS_HOST).
+        for url in [Some("redis://r:1"), None] {
+            let _ = Config::from_lookup(|name| {
+                read.borrow_mut().insert(name.to_owned());
+                match name {
+                    "REDIS_URL" => url.map(str::to_owned),
+                    "NATS_URL" => Some("nats://n:1".into()),
+                    "REDIS_HOST" => Some("r".into()),
+                    _ => None,
+                }
+            });
+        }
+        let listed: std::collections::BTreeSet<String> = EXPIRATION_VARS
+            .iter()
+            .chain(NATS.iter())
+            .map(|var| var.name.to_owned())
+            .collect();
+        assert_eq!(read.into_inner(), listed);
+        assert_eq!(
+            env_vars().len(),
+            EXPIRATION_VARS.len() + NATS.len() + TELEMETRY.len()
+        );
     }
 
     #[test]

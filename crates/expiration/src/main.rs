@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 const USAGE: &str = "usage: expiration                   run the worker
        expiration inspect           pending count, next due time, dead-lettered jobs
        expiration inspect requeue [ID...]
-                                    make dead-lettered jobs due now (all when no ID)";
+                                    make dead-lettered jobs due now (all when no ID)
+       expiration --env-vars        the environment variables it reads, as JSON";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
             let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
             let count = queue.requeue_dead(&ids).await?;
             println!("requeued {count} dead-lettered job(s)");
+            Ok(())
+        }
+        ["--env-vars"] => {
+            println!("{}", common::env::to_json(&expiration::config::env_vars()));
             Ok(())
         }
         ["-h" | "--help" | "help"] => {
