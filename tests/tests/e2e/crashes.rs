@@ -23,7 +23,7 @@ async fn wait_for_some(world: &Scenario, subject: Subject, count: usize) {
 
 #[tokio::test]
 async fn killing_the_expiration_worker_mid_run_loses_no_expiry_and_fires_none_early() {
-    let world = Scenario::new(5).await;
+    let world = Scenario::new(8).await;
     let orders = world.start_orders("kill-exp-orders").await.unwrap();
     let mut expiration = world.start_expiration("kill-exp-expiration").await.unwrap();
     let placed = place_orders(
@@ -52,7 +52,7 @@ async fn killing_the_expiration_worker_mid_run_loses_no_expiry_and_fires_none_ea
 
 #[tokio::test]
 async fn killing_the_orders_service_while_expirations_arrive_loses_no_cancellation() {
-    let world = Scenario::new(5).await;
+    let world = Scenario::new(8).await;
     let mut orders = world.start_orders("kill-orders-orders").await.unwrap();
     let expiration = world
         .start_expiration("kill-orders-expiration")
@@ -85,7 +85,7 @@ async fn killing_the_orders_service_while_expirations_arrive_loses_no_cancellati
 #[tokio::test]
 async fn restarting_the_nats_server_mid_run_loses_no_event() {
     let mut nats = OwnNats::start().await.unwrap();
-    let world = Scenario::on_nats(&nats.url(), 5).await;
+    let world = Scenario::on_nats(&nats.url(), 8).await;
     let orders = world.start_orders("nats-restart-orders").await.unwrap();
     let expiration = world
         .start_expiration("nats-restart-expiration")

@@ -92,7 +92,7 @@ async fn an_unpaid_order_expires_and_is_cancelled_while_a_paid_one_stays_complet
 
 #[tokio::test]
 async fn two_hundred_orders_with_staggered_windows_are_each_cancelled_exactly_once_unless_paid() {
-    let world = Scenario::new(5).await;
+    let world = Scenario::new(8).await;
     let orders = world.start_orders("many-orders").await.unwrap();
     let expiration = world.start_expiration("many-expiration").await.unwrap();
     let placed = place_orders(
@@ -117,7 +117,7 @@ async fn two_hundred_orders_with_staggered_windows_are_each_cancelled_exactly_on
 
 #[tokio::test]
 async fn two_replicas_of_each_service_cancel_every_unpaid_order_exactly_once() {
-    let world = Scenario::new(5).await;
+    let world = Scenario::new(8).await;
     let orders_a = world.start_orders("replicas-orders-a").await.unwrap();
     let orders_b = world.start_orders("replicas-orders-b").await.unwrap();
     let expiration_a = world
