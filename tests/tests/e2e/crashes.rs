@@ -21,65 +21,53 @@ async fn wait_for_some(world: &Scenario, subject: Subject, count: usize) {
         .await;
 }
 
-#[tokio::test]
-async fn killing_the_expiration_worker_mid_run_loses_no_expiry_and_fires_none_early() {
+/// Which service a run kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Expiration,
+    Orders,
+}
+
+/// 200 orders; once `count` events of `subject` are out, SIGKILLs `victim` and restarts it 0.7 s
+/// later; then checks every guarantee and prints the expiry latency.
+async fn kill_mid_run(victim: Victim, subject: Subject, count: usize, name: &str) {
     let world = Scenario::new(8).await;
-    let orders = world.start_orders("kill-exp-orders").await.unwrap();
-    let mut expiration = world.start_expiration("kill-exp-expiration").await.unwrap();
-    let placed = place_orders(
-        &world,
-        &[OrdersApi::new(&orders.url())],
-        200,
-        4,
-        Duration::from_millis(500),
-        4,
-    )
-    .await;
-    wait_for_some(&world, Subject::ExpirationComplete, 40).await;
-    expiration.kill().await;
+    let mut orders = world.start_orders(&format!("{name}-orders")).await.unwrap();
+    let mut expiration = world
+        .start_expiration(&format!("{name}-expiration"))
+        .await
+        .unwrap();
+    let api = OrdersApi::new(&orders.url());
+    let placed = place_orders(&world, &[api], 200, 4, Duration::from_millis(500), 4).await;
+    wait_for_some(&world, subject, count).await;
+    let killed = match victim {
+        Victim::Expiration => &mut expiration,
+        Victim::Orders => &mut orders,
+    };
+    killed.kill().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    expiration.restart().await.unwrap();
-    let latency = assert_expired_exactly_once(
-        &world.log,
-        &placed,
-        until(last_expiry(&placed), Duration::from_secs(30)),
-    )
-    .await;
-    println!("200 orders, expiration worker SIGKILLed and restarted mid-run: {latency}");
+    killed.restart().await.unwrap();
+    let deadline = until(last_expiry(&placed), Duration::from_secs(30));
+    let latency = assert_expired_exactly_once(&world.log, &placed, deadline).await;
+    println!("200 orders, {victim:?} SIGKILLed and restarted mid-run: {latency}");
     drop((orders, expiration));
     world.finish().await;
 }
 
 #[tokio::test]
+async fn killing_the_expiration_worker_mid_run_loses_no_expiry_and_fires_none_early() {
+    kill_mid_run(
+        Victim::Expiration,
+        Subject::ExpirationComplete,
+        40,
+        "kill-exp",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn killing_the_orders_service_while_expirations_arrive_loses_no_cancellation() {
-    let world = Scenario::new(8).await;
-    let mut orders = world.start_orders("kill-orders-orders").await.unwrap();
-    let expiration = world
-        .start_expiration("kill-orders-expiration")
-        .await
-        .unwrap();
-    let placed = place_orders(
-        &world,
-        &[OrdersApi::new(&orders.url())],
-        200,
-        4,
-        Duration::from_millis(500),
-        4,
-    )
-    .await;
-    wait_for_some(&world, Subject::OrderCancelled, 30).await;
-    orders.kill().await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    orders.restart().await.unwrap();
-    let latency = assert_expired_exactly_once(
-        &world.log,
-        &placed,
-        until(last_expiry(&placed), Duration::from_secs(30)),
-    )
-    .await;
-    println!("200 orders, orders service SIGKILLed and restarted mid-run: {latency}");
-    drop((orders, expiration));
-    world.finish().await;
+    kill_mid_run(Victim::Orders, Subject::OrderCancelled, 30, "kill-orders").await;
 }
 
 #[tokio::test]
