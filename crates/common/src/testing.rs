@@ -9,6 +9,68 @@ use async_nats::jetstream;
 use crate::bus::{self, Publisher, StreamSpec};
 use crate::{Event, Subject};
 
+/// An HTTP answer, for tests.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is empty or not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The messages of a SPEC error body; panics if the body is not one.
+    pub fn messages(&self) -> Vec<String> {
+        self.json()["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not an error body: {:?} {}", self.status, self.body))
+            .iter()
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// Sends one HTTP/1.1 request on a fresh connection to `host:port`.
+pub async fn send(
+    (host, port): (&str, u16),
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<bytes::Bytes>,
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, format!("{host}:{port}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(http_body_util::Full::new(body.unwrap_or_default()))?)
+        .await?;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 /// `NATS_URL`, or the local stack's default.
 pub fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())

@@ -7,9 +7,7 @@ use common::bus::{StreamSpec, consumer_name};
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
 use common::testing::{TestStream, mongo_uri, nats_url, unique_name};
 use common::{Event, Subject};
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http::Method;
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
 use orders::models::{Order, Orders, Ticket, Tickets};
@@ -30,31 +28,7 @@ pub struct TestApp {
     task: JoinHandle<Result<(), StartupError>>,
 }
 
-/// An answer of the service.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub content_type: Option<String>,
-    pub body: String,
-}
-
-impl Answer {
-    /// The body as JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.body))
-    }
-
-    /// The messages of a SPEC error body.
-    pub fn messages(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
-            .iter()
-            .map(|e| e["message"].as_str().unwrap().to_owned())
-            .collect()
-    }
-}
+pub use common::testing::Answer;
 
 /// The settings of a test's service: the local stack, a database named after the test's
 /// stream, port 0 and a fast relay.
@@ -262,33 +236,9 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Option<Bytes>,
 ) -> Answer {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    common::testing::send(("127.0.0.1", port), method, path, headers, body)
         .await
-        .expect("the service accepts connections");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, "orders.test");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(body.unwrap_or_default())).unwrap();
-    let response = sender.send_request(request).await.expect("an answer");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        content_type,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
+        .expect("the service answers")
 }
 
 /// A user as the auth service puts it in the token.
