@@ -72,6 +72,16 @@ fn start(
     (shutdown, task)
 }
 
+fn ticket_created() -> TicketCreated {
+    TicketCreated {
+        id: format!("{:024x}", 1),
+        version: 0,
+        title: "t".into(),
+        price: 1.5,
+        user_id: format!("{:024x}", 2),
+    }
+}
+
 fn expiration(n: usize) -> ExpirationComplete {
     ExpirationComplete {
         order_id: format!("{n:024x}"),
@@ -362,15 +372,7 @@ async fn a_listener_sees_only_its_own_subject() {
     let stream = TestStream::new().await;
     let recorder = Arc::new(Recorder::default());
     let (shutdown, task) = start(&stream, recorder.clone(), options(&stream));
-    stream
-        .publish(&TicketCreated {
-            id: format!("{:024x}", 1),
-            version: 0,
-            title: "t".into(),
-            price: 1.5,
-            user_id: format!("{:024x}", 2),
-        })
-        .await;
+    stream.publish(&ticket_created()).await;
     stream.publish(&expiration(4)).await;
     eventually(Duration::from_secs(10), "the expiration", || async {
         recorder.ids().len() == 1
@@ -393,15 +395,7 @@ async fn the_event_log_sees_every_subject_with_its_store_time() {
     stream.publish(&expiration(5)).await;
     let log = stream.log().await;
     let before = chrono::Utc::now();
-    stream
-        .publish(&TicketCreated {
-            id: format!("{:024x}", 1),
-            version: 0,
-            title: "t".into(),
-            price: 1.5,
-            user_id: format!("{:024x}", 2),
-        })
-        .await;
+    stream.publish(&ticket_created()).await;
     log.wait_until(Duration::from_secs(5), "two messages", |all| all.len() == 2)
         .await;
     let all = log.all();

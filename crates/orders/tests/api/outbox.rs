@@ -219,10 +219,7 @@ async fn events_left_by_a_crash_are_published_at_start_up_without_duplicates() {
     init_logs();
     let stream = TestStream::new().await;
     let config = test_config(&stream.spec, &common::testing::nats_url());
-    let client = mongodb::Client::with_uri_str(&config.mongo_uri)
-        .await
-        .unwrap();
-    let db = client.database(&config.database);
+    let db = database(&config).await;
     let orders = orders::models::Orders::new(&db);
     let (never_published, first) = order_with_pending_event(ObjectId::new());
     let (published_not_pulled, second) = order_with_pending_event(ObjectId::new());
@@ -273,10 +270,7 @@ async fn the_relay_keeps_an_orders_events_in_the_order_they_happened() {
     init_logs();
     let stream = TestStream::new().await;
     let config = test_config(&stream.spec, &common::testing::nats_url());
-    let client = mongodb::Client::with_uri_str(&config.mongo_uri)
-        .await
-        .unwrap();
-    let db = client.database(&config.database);
+    let db = database(&config).await;
     let (order, _) = order_with_pending_event(ObjectId::new());
     db.collection::<Order>("orders")
         .insert_one(&order)
@@ -330,4 +324,12 @@ async fn the_relay_sweep_finds_events_another_replica_left_behind() {
     task.await.unwrap().unwrap();
     let _ = db.drop().await;
     stream.delete().await;
+}
+
+/// The test's database, written directly as a crashed process would have left it.
+async fn database(config: &orders::Config) -> mongodb::Database {
+    mongodb::Client::with_uri_str(&config.mongo_uri)
+        .await
+        .unwrap()
+        .database(&config.database)
 }
