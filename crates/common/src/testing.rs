@@ -86,6 +86,77 @@ pub fn mongo_uri() -> String {
     std::env::var("MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:37017".into())
 }
 
+/// A free TCP port on the loopback interface (released before it is returned).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A child process that is SIGKILLed when dropped, so that a failing test leaves none behind.
+pub struct ChildProcess {
+    child: Option<std::process::Child>,
+}
+
+impl ChildProcess {
+    /// Spawns `command`.
+    pub fn spawn(command: &mut std::process::Command) -> std::io::Result<Self> {
+        Ok(ChildProcess {
+            child: Some(command.spawn()?),
+        })
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// SIGKILL: it dies at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status once it has stopped (SIGKILL after `deadline`).
+    pub async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `GET /readyz` on `port` until it answers 200; panics with `what` after `deadline`.
+pub async fn wait_ready(port: u16, deadline: Duration, what: &str) {
+    eventually(deadline, what, || async {
+        send(("127.0.0.1", port), http::Method::GET, "/readyz", &[], None)
+            .await
+            .is_ok_and(|answer| answer.status == http::StatusCode::OK)
+    })
+    .await;
+}
+
 /// A name no other test of any process uses: `<prefix>-<pid>-<time>-<counter>`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -11,7 +11,7 @@ use common::http::JwtKey;
 pub const DEFAULT_DATABASE: &str = "orders";
 
 /// The variables [`Config::from_env`] reads itself (NATS and logging ones come from `common`).
-pub const ORDERS_VARS: [EnvVar; 4] = [
+pub const ORDERS_VARS: [EnvVar; 5] = [
     EnvVar {
         name: "MONGO_URI",
         required: true,
@@ -35,6 +35,12 @@ pub const ORDERS_VARS: [EnvVar; 4] = [
         required: false,
         default: Some("3000"),
         about: "HTTP port of the API and of /healthz, /readyz, /metrics",
+    },
+    EnvVar {
+        name: "ORDERS_FAULT_HOLD_AFTER_CLAIM",
+        required: false,
+        default: Some("false"),
+        about: "tests only: claim order changes but never apply them, as a crash would leave them",
     },
 ];
 
@@ -71,6 +77,9 @@ pub struct Config {
     pub relay_sweep: Duration,
     /// Longest a request waits for JetStream before leaving its events to the relay.
     pub publish_timeout: Duration,
+    /// `ORDERS_FAULT_HOLD_AFTER_CLAIM`, for crash tests: claimed changes are never applied by
+    /// their claimer.
+    pub fault_hold_after_claim: bool,
 }
 
 /// A setting that is missing or invalid; the message names the variable.
@@ -97,6 +106,7 @@ impl fmt::Debug for Config {
             .field("relay_retry", &self.relay_retry)
             .field("relay_sweep", &self.relay_sweep)
             .field("publish_timeout", &self.publish_timeout)
+            .field("fault_hold_after_claim", &self.fault_hold_after_claim)
             .finish()
     }
 }
@@ -120,6 +130,11 @@ impl Config {
             900,
         )?;
         let port: u16 = parse_or(non_empty("PORT"), "PORT", 3000)?;
+        let fault_hold_after_claim: bool = parse_or(
+            non_empty("ORDERS_FAULT_HOLD_AFTER_CLAIM"),
+            "ORDERS_FAULT_HOLD_AFTER_CLAIM",
+            false,
+        )?;
         Ok(Config {
             mongo_uri,
             database,
@@ -131,6 +146,7 @@ impl Config {
             relay_retry: Duration::from_secs(1),
             relay_sweep: Duration::from_secs(60),
             publish_timeout: Duration::from_secs(2),
+            fault_hold_after_claim,
         })
     }
 }

@@ -9,7 +9,8 @@
 //! entries are published. The event's message id makes a second publish of the same entry a
 //! duplicate JetStream drops.
 //!
-//! The relay's pass looks for orders with pending events. On FerretDB 1.24 such a query scans the
+//! The relay's pass first finishes the changes a crashed writer claimed but did not apply
+//! ([`crate::models::transition`]), then looks for orders with pending events. On FerretDB 1.24 such a query scans the
 //! whole collection (it pushes down only `{_id: ...}` filters), so the relay does not poll while
 //! all is well: it makes a pass at start-up (what a crash left), while any `publish_now` of this
 //! process has failed since its last successful pass (retrying every `retry`), on a slow `sweep`
@@ -142,8 +143,11 @@ impl Outbox {
         Ok(published)
     }
 
-    /// One pass over every order with outbox entries; returns how many events it published.
+    /// One pass: finishes the changes a crash left claimed but unapplied (their events land in
+    /// outboxes), then publishes every order's outbox entries; returns how many events it
+    /// published.
     pub async fn flush_pending(&self) -> Result<usize, OutboxError> {
+        self.orders.finish_claimed().await?;
         if self.client.connection_state() != State::Connected {
             // Spare the database a scan whose events could not be published anyway.
             return Err(OutboxError::Disconnected);

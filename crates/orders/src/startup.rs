@@ -103,7 +103,13 @@ impl Application {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let orders = Orders::new(&database);
+        let mut orders = Orders::new(&database);
+        if config.fault_hold_after_claim {
+            tracing::warn!(
+                "fault injection ORDERS_FAULT_HOLD_AFTER_CLAIM is on: claimed order changes are never applied by their claimer (tests only)"
+            );
+            orders = orders.holding_claimed_changes();
+        }
         let publisher = Publisher::new(
             js.clone(),
             config.nats.stream.clone(),

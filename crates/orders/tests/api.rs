@@ -10,4 +10,5 @@ mod api {
     mod outbox;
     mod routes;
     mod startup;
+    mod transitions;
 }

@@ -32,7 +32,7 @@ impl Listener for ExpirationCompleteListener {
             tracing::warn!(order_id = %id, "expiration for an unknown order; ignoring it");
             return Ok(());
         };
-        match self
+        let order = match self
             .orders
             .cancel(order)
             .await
@@ -40,17 +40,21 @@ impl Listener for ExpirationCompleteListener {
         {
             OrderChange::Changed(order) => {
                 tracing::info!(order_id = %id, version = order.version, "order expired and cancelled");
-                // The event is already in the order's outbox: if this publish fails the relay
-                // sends it, so the expiry itself is done.
-                self.outbox.publish_now(&order).await;
+                order
             }
             OrderChange::Unchanged(order) => {
                 tracing::debug!(order_id = %id, status = order.status.as_str(), "expiry of a closed order; nothing to do");
+                order
             }
             OrderChange::Missing => {
                 tracing::warn!(order_id = %id, "order vanished during its expiry");
+                return Ok(());
             }
-        }
+        };
+        // The event is already in the order's outbox: if this publish fails the relay sends it,
+        // so the expiry itself is done. Also when another writer changed the order: that writer
+        // may have died before publishing.
+        self.outbox.publish_now(&order).await;
         Ok(())
     }
 }

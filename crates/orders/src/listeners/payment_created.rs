@@ -30,7 +30,7 @@ impl Listener for PaymentCreatedListener {
                 event.id
             )));
         };
-        match self
+        let order = match self
             .orders
             .complete(order)
             .await
@@ -38,8 +38,7 @@ impl Listener for PaymentCreatedListener {
         {
             OrderChange::Changed(order) => {
                 tracing::info!(order_id = %id, payment_id = %event.id, version = order.version, "order paid");
-                // Publishes nothing new; a complete order's outbox is emptied once published.
-                self.outbox.publish_now(&order).await;
+                order
             }
             OrderChange::Unchanged(order) if order.status == OrderStatus::Cancelled => {
                 tracing::error!(
@@ -49,14 +48,20 @@ impl Listener for PaymentCreatedListener {
                     "anomaly: payment received for a cancelled order; order left cancelled"
                 );
                 self.metrics.payment_for_cancelled.inc();
+                order
             }
-            OrderChange::Unchanged(_) => {
+            OrderChange::Unchanged(order) => {
                 tracing::debug!(order_id = %id, "payment already applied");
+                order
             }
             OrderChange::Missing => {
                 tracing::warn!(order_id = %id, "order vanished while being paid");
+                return Ok(());
             }
-        }
+        };
+        // Publishes nothing new, but a final order's outbox is emptied once published; and when
+        // another writer changed the order, that writer may have died before publishing.
+        self.outbox.publish_now(&order).await;
         Ok(())
     }
 }

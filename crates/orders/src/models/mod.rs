@@ -1,16 +1,25 @@
 //! MongoDB documents, their queries and their indexes.
 //!
-//! Only what MongoDB and FerretDB 1.24 both support is used: single-document atomic updates with
-//! conditions, unique indexes and `$in`. Every change to an order is one conditional update that
-//! also bumps its version and appends its events to the order's outbox.
+//! Correctness rests only on what MongoDB and FerretDB 1.24 both guarantee: an insert checked by
+//! a unique index is atomic. A conditional update is NOT atomic on FerretDB 1.24 (it reads the
+//! document, then writes it back whole), so no exclusivity may rest on one. Hence:
+//!
+//! - [`order`]: a reservation is an insert into a unique index; every change of an order is
+//!   claimed first ([`transition`]), then applied with its version bump and its event appended
+//!   to the order's outbox in the same single-document update.
+//! - [`transition`]: the claims (`order_transitions`).
+//! - [`published`]: the outbox entries JetStream has acknowledged.
+//! - [`ticket`]: the replica of the tickets service's tickets.
 
 pub mod order;
 pub mod published;
 pub mod ticket;
+pub mod transition;
 
 pub use order::{Order, OrderChange, Orders, OutboxEntry};
 pub use published::PublishedEvents;
 pub use ticket::{Ticket, TicketUpdate, Tickets};
+pub use transition::{Transition, Transitions};
 
 use mongodb::Database;
 

@@ -5,6 +5,10 @@
 //! `complete`), and the order's own id once cancelled. Inserting a second reserving order for one
 //! ticket fails with a duplicate key, whatever the timing.
 //!
+//! Two changes of one order never both happen: each is claimed in `order_transitions` first
+//! (a unique `_id` per order and version), and only the claimed change is applied
+//! ([`super::transition`]).
+//!
 //! Events are not lost between the write and the publish: each change appends its event to the
 //! order's `outbox` array in the same single-document update; the outbox relay publishes and
 //! removes them.
@@ -20,6 +24,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::transition::{Claim, Transition, Transitions};
 use super::{StoreError, Ticket, is_duplicate_key};
 
 /// An event waiting in an order's outbox: its `Nats-Msg-Id`, subject and JSON body.
@@ -70,6 +75,9 @@ pub struct Order {
     /// Events written with the change that caused them, not yet acknowledged by JetStream.
     #[serde(default)]
     pub outbox: Vec<OutboxEntry>,
+    /// The token of the claimed change that set the current status (none while `created`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<ObjectId>,
 }
 
 impl Order {
@@ -100,15 +108,18 @@ pub enum OrderChange {
 }
 
 /// Statuses in which an order still holds its ticket and may be cancelled or paid.
-const OPEN: [&str; 2] = [
+pub(super) const OPEN: [&str; 2] = [
     OrderStatus::Created.as_str(),
     OrderStatus::AwaitingPayment.as_str(),
 ];
 
-/// The `orders` collection.
+/// The `orders` collection, with the claims of its changes.
 #[derive(Debug, Clone)]
 pub struct Orders {
     collection: Collection<Order>,
+    transitions: Transitions,
+    /// Fault injection for crash tests: a claimed change is never applied by its claimer.
+    hold_after_claim: bool,
 }
 
 impl Orders {
@@ -116,7 +127,16 @@ impl Orders {
     pub fn new(db: &Database) -> Self {
         Orders {
             collection: db.collection("orders"),
+            transitions: Transitions::new(db),
+            hold_after_claim: false,
         }
+    }
+
+    /// These orders, with claimed changes never applied by their claimer (the request or
+    /// listener hangs instead), as if the process died between the two: for crash tests.
+    pub fn holding_claimed_changes(mut self) -> Self {
+        self.hold_after_claim = true;
+        self
     }
 
     /// Creates the indexes of the reservation, the user's list and the relay's scan, if missing.
@@ -189,6 +209,7 @@ impl Orders {
             version: 0,
             reservation: ticket.id,
             outbox: Vec::new(),
+            transition: None,
         };
         let event = OrderCreated {
             id: order.id.to_hex(),
@@ -227,22 +248,17 @@ impl Orders {
 
     /// Cancels `order` (as last read) if it is `created` or `awaiting:payment`: releases the
     /// ticket, bumps the version and queues `order:cancelled`. A `cancelled` or `complete` order
-    /// is left as it is. Racing writers (a DELETE and an expiry at once) cannot both cancel: the
-    /// update only applies at the version read, and the loser re-reads and finds it cancelled.
+    /// is left as it is. Of racing writers (a DELETE, an expiry, a payment) exactly one changes
+    /// the order: see [`super::transition`].
     pub async fn cancel(&self, order: Order) -> Result<OrderChange, StoreError> {
-        self.change(order, |current| {
-            let event = OrderCancelled {
+        self.change(order, OrderStatus::Cancelled, |current| {
+            Some(OutboxEntry::of(&OrderCancelled {
                 id: current.id.to_hex(),
                 version: next_version(current),
                 ticket: OrderCancelledTicket {
                     id: current.ticket.to_hex(),
                 },
-            };
-            doc! {
-                "$set": { "status": OrderStatus::Cancelled.as_str(), "reservation": current.id },
-                "$inc": { "version": 1_i64 },
-                "$push": { "outbox": OutboxEntry::of(&event).to_document() },
-            }
+            }))
         })
         .await
     }
@@ -250,41 +266,88 @@ impl Orders {
     /// Marks `order` paid if it is `created` or `awaiting:payment`; publishes nothing, as the
     /// Node service did not either.
     pub async fn complete(&self, order: Order) -> Result<OrderChange, StoreError> {
-        self.change(order, |_| {
-            doc! {
-                "$set": { "status": OrderStatus::Complete.as_str() },
-                "$inc": { "version": 1_i64 },
-            }
-        })
-        .await
+        self.change(order, OrderStatus::Complete, |_| None).await
     }
 
-    /// Applies `update` to an open order at the version it was read at, re-reading after a race.
+    /// Claims the change of `current` to `status`, applies it, and reports whether this call
+    /// made it. A claim another writer holds is applied first (it may have died holding it),
+    /// then the order is read again.
     async fn change(
         &self,
         mut current: Order,
-        update: impl Fn(&Order) -> Document,
+        status: OrderStatus,
+        event: impl Fn(&Order) -> Option<OutboxEntry>,
     ) -> Result<OrderChange, StoreError> {
         loop {
-            if !current.status.reserves_ticket() || current.status == OrderStatus::Complete {
+            if current.is_final() {
                 return Ok(OrderChange::Unchanged(current));
             }
-            let changed = self
-                .collection
-                .find_one_and_update(
-                    doc! { "_id": current.id, "version": current.version, "status": { "$in": OPEN.as_slice() } },
-                    update(&current),
-                )
-                .return_document(ReturnDocument::After)
-                .await?;
-            match changed {
-                Some(order) => return Ok(OrderChange::Changed(order)),
-                None => match self.get(current.id).await? {
-                    Some(order) => current = order,
-                    None => return Ok(OrderChange::Missing),
-                },
+            let claim = Transition::new(current.id, current.version, status, event(&current));
+            let found = match self.transitions.claim(&claim).await? {
+                Claim::Taken => {
+                    if self.hold_after_claim {
+                        tracing::warn!(order_id = %current.id, "fault injection: holding a claimed change unapplied (tests only)");
+                        std::future::pending::<()>().await;
+                    }
+                    let order = match self.apply(&claim).await? {
+                        Some(order) => Some(order),
+                        // Applied by a writer that found the claim first, or the order had
+                        // already left this version when it was claimed.
+                        None => self.get(current.id).await?,
+                    };
+                    self.release(&claim).await;
+                    match order {
+                        Some(order) if order.transition == Some(claim.token) => {
+                            return Ok(OrderChange::Changed(order));
+                        }
+                        found => found,
+                    }
+                }
+                Claim::Held => {
+                    if let Some(held) = self.transitions.get(&claim.id).await? {
+                        self.apply(&held).await?;
+                        self.release(&held).await;
+                    }
+                    self.get(current.id).await?
+                }
+            };
+            match found {
+                Some(order) => current = order,
+                None => return Ok(OrderChange::Missing),
             }
         }
+    }
+
+    /// Applies a claimed change if the order is still at its version; the order after it, or
+    /// `None` when nothing matched (already applied, or the order moved on before the claim).
+    async fn apply(&self, claim: &Transition) -> Result<Option<Order>, StoreError> {
+        Ok(self
+            .collection
+            .find_one_and_update(claim.filter(), claim.update())
+            .return_document(ReturnDocument::After)
+            .await?)
+    }
+
+    /// Deletes an applied claim. A failure is only logged: the claim no longer changes
+    /// anything, and the relay's next pass deletes it.
+    async fn release(&self, claim: &Transition) {
+        if let Err(e) = self.transitions.release(claim).await {
+            tracing::warn!(claim = %claim.id, error = %common::telemetry::ErrorChain(&e), "cannot delete an applied claim; the relay will");
+        }
+    }
+
+    /// Applies the claims a crashed or failed writer left behind (and deletes them); returns
+    /// how many changed an order. The outbox relay calls this before it publishes.
+    pub async fn finish_claimed(&self) -> Result<usize, StoreError> {
+        let mut finished = 0;
+        for claim in self.transitions.pending().await? {
+            if self.apply(&claim).await?.is_some() {
+                tracing::info!(order_id = %claim.order, from = claim.from, status = claim.status.as_str(), "finished a change claimed before a crash");
+                finished += 1;
+            }
+            self.transitions.release(&claim).await?;
+        }
+        Ok(finished)
     }
 
     /// Empties the outbox of a cancelled or complete order at `version`; nothing else writes

@@ -19,16 +19,20 @@ pub async fn cancel_order(
 ) -> Result<StatusCode, ApiError> {
     let Path(order_id) = path?;
     let order = owned_order(&state, &user.id, &order_id).await?;
-    match state.orders.cancel(order).await? {
+    let order = match state.orders.cancel(order).await? {
         OrderChange::Changed(order) => {
             tracing::info!(order_id = %order.id, version = order.version, "order cancelled");
-            state.outbox.publish_now(&order).await;
-            Ok(StatusCode::NO_CONTENT)
+            order
         }
-        OrderChange::Unchanged(order) if order.status == OrderStatus::Complete => Err(
-            ApiError::BadRequest("A paid (complete) order cannot be cancelled".into()),
-        ),
-        OrderChange::Unchanged(_) => Ok(StatusCode::NO_CONTENT),
-        OrderChange::Missing => Err(ApiError::NotFound),
+        OrderChange::Unchanged(order) => order,
+        OrderChange::Missing => return Err(ApiError::NotFound),
+    };
+    // Also when another writer changed it: that writer may have died before publishing.
+    state.outbox.publish_now(&order).await;
+    if order.status == OrderStatus::Complete {
+        return Err(ApiError::BadRequest(
+            "A paid (complete) order cannot be cancelled".into(),
+        ));
     }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -228,6 +228,30 @@ pub async fn start(
     (port, db, shutdown, task)
 }
 
+/// The `orders` binary of this build, with exactly `env` (plus `PATH`).
+pub fn orders_binary(env: &[(&str, String)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orders"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// The environment of an `orders` process on `stream`, with a database named after it, port 0
+/// and a key the tests check is never logged.
+pub fn full_env(stream: &TestStream) -> Vec<(&'static str, String)> {
+    let mut env = stream.env();
+    env.push(("JWT_KEY", "a-secret-that-must-not-be-logged".into()));
+    env.push((
+        "MONGO_URI",
+        format!("{}/{}", mongo_uri().trim_end_matches('/'), stream.spec.name),
+    ));
+    env.push(("PORT", "0".into()));
+    env
+}
+
 /// One request on a fresh connection.
 pub async fn send(
     port: u16,

@@ -210,6 +210,7 @@ fn order_with_pending_event(ticket: ObjectId) -> (Order, OrderCreated) {
         version: 0,
         reservation: ticket,
         outbox: vec![OutboxEntry::of(&event)],
+        transition: None,
     };
     (order, event)
 }

@@ -5,26 +5,7 @@ use std::time::{Duration, Instant};
 
 use common::testing::{TestStream, mongo_uri};
 
-fn orders_binary(env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orders"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null());
-    command
-}
-
-fn full_env(stream: &TestStream) -> Vec<(&'static str, String)> {
-    let mut env = stream.env();
-    env.push(("JWT_KEY", "a-secret-that-must-not-be-logged".into()));
-    env.push((
-        "MONGO_URI",
-        format!("{}/{}", mongo_uri().trim_end_matches('/'), stream.spec.name),
-    ));
-    env.push(("PORT", "0".into()));
-    env
-}
+use super::helpers::{full_env, orders_binary};
 
 #[tokio::test]
 async fn the_binary_refuses_to_start_without_jwt_key_or_mongo_uri_and_names_it() {
