@@ -15,7 +15,7 @@ pub struct EnvVar {
 }
 
 /// Read by [`crate::bus::NatsConfig`].
-pub const NATS: [EnvVar; 4] = [
+pub const NATS: [EnvVar; 5] = [
     EnvVar {
         name: "NATS_URL",
         required: true,
@@ -39,6 +39,12 @@ pub const NATS: [EnvVar; 4] = [
         required: false,
         default: Some(""),
         about: "put before every subject; for tests sharing one server",
+    },
+    EnvVar {
+        name: "LISTENER_MAX_DELIVERIES",
+        required: false,
+        default: Some("20"),
+        about: "deliveries after which an event that still cannot be applied is given up (logged, counted as events_handled{outcome=\"gave_up\"}); dependency outages do not count",
     },
 ];
 

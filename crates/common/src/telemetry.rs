@@ -40,6 +40,18 @@ impl fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// `text` cut to at most `max` bytes (at a character boundary), saying how long it was.
+pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +59,13 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn truncation_bounds_logged_text_at_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate(&"x".repeat(500_000), 4), "xxxx… (500000 bytes)");
+        assert_eq!(truncate("ééé", 3), "é… (6 bytes)");
+    }
 
     #[test]
     fn error_chain_shows_every_cause() {

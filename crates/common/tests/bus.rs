@@ -1,23 +1,26 @@
 //! The bus against the real NATS server of the local stack (`scripts/stack up`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Subject;
 use common::bus::{
-    Backoff, HandlerError, Listener, ListenerOptions, MessageInfo, consumer_name, run_listener,
+    Backoff, BusMetrics, HandlerError, Listener, ListenerOptions, MessageInfo, consumer_name,
+    run_listener,
 };
 use common::events::{ExpirationComplete, OrderCancelled, OrderCancelledTicket, TicketCreated};
 use common::testing::{TestStream, eventually};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Records what it handled; fails the first `failures` deliveries of each event, and takes
-/// `delay` per message.
+/// Records what it handled; fails the first `failures` deliveries of each event, answers the
+/// first `outage` calls as if its database were down, and takes `delay` per message.
 #[derive(Default)]
 struct Recorder {
     handled: Mutex<Vec<(String, MessageInfo, Instant)>>,
     failures: u64,
+    outage: AtomicU64,
     delay: Duration,
 }
 
@@ -46,6 +49,15 @@ impl Listener for Recorder {
             .lock()
             .unwrap()
             .push((event.order_id.clone(), info, Instant::now()));
+        if self
+            .outage
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+        {
+            return Err(HandlerError::unavailable("database down"));
+        }
         if info.delivered <= self.failures {
             return Err(HandlerError::retry("not yet"));
         }
@@ -265,6 +277,113 @@ async fn a_poison_body_is_terminated_and_the_messages_after_it_still_flow() {
     assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
     assert_eq!(info.ack_floor.stream_sequence, 2);
     assert_eq!(recorder.ids(), [expiration(2).order_id]);
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn an_event_still_not_applicable_after_the_delivery_limit_is_given_up_and_counted() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        failures: u64::MAX,
+        ..Default::default()
+    });
+    let mut opts = options(&stream);
+    opts.max_deliveries = 3;
+    opts.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(200),
+    };
+    let metrics = BusMetrics::default();
+    opts.metrics = Some(metrics.clone());
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    stream.publish(&expiration(4)).await;
+    eventually(Duration::from_secs(10), "three deliveries", || async {
+        recorder.ids().len() == 3
+    })
+    .await;
+    // Past the 2 s ack wait: a message that was not terminated would come back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(recorder.ids().len(), 3, "no fourth delivery");
+    let info = consumer_info(&stream).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
+    let subject = Subject::ExpirationComplete.as_str();
+    assert_eq!(metrics.handled_count(subject, "retry"), 2);
+    assert_eq!(metrics.handled_count(subject, "gave_up"), 1);
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn a_dependency_outage_keeps_the_message_without_using_up_its_deliveries() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        outage: AtomicU64::new(5),
+        ..Default::default()
+    });
+    let mut opts = options(&stream);
+    // A limit of one delivery: an outage that counted would give the event up at once.
+    opts.max_deliveries = 1;
+    opts.backoff = Backoff {
+        initial: Duration::from_millis(300),
+        max: Duration::from_secs(1),
+    };
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    stream.publish(&expiration(5)).await;
+    // Five failed attempts over about 4 s, longer than the 2 s ack wait, then success.
+    eventually(Duration::from_secs(15), "six attempts", || async {
+        recorder.ids().len() == 6
+    })
+    .await;
+    let handled = recorder.handled.lock().unwrap().clone();
+    assert!(
+        handled.iter().all(|(_, info, _)| info.delivered == 1),
+        "every attempt on the first delivery: {handled:?}"
+    );
+    eventually(Duration::from_secs(5), "the ack", || async {
+        consumer_info(&stream).await.num_ack_pending == 0
+    })
+    .await;
+    assert_eq!(consumer_info(&stream).await.num_redelivered, 0);
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
+async fn invalid_events_are_terminated_before_they_reach_the_handler() {
+    let stream = TestStream::new().await;
+    let subject = stream.spec.subject(Subject::ExpirationComplete);
+    let huge = format!(r#"{{"orderId":"{}"}}"#, "a".repeat(500_000));
+    for body in [r#"{"orderId":"not-an-object-id"}"#.to_owned(), huge] {
+        stream
+            .js
+            .publish(subject.clone(), body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    stream.publish(&expiration(6)).await;
+    let recorder = Arc::new(Recorder::default());
+    let mut opts = options(&stream);
+    let metrics = BusMetrics::default();
+    opts.metrics = Some(metrics.clone());
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    eventually(Duration::from_secs(10), "the valid event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(recorder.ids(), [expiration(6).order_id]);
+    let info = consumer_info(&stream).await;
+    assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
+    assert_eq!(
+        metrics.handled_count(Subject::ExpirationComplete.as_str(), "invalid"),
+        2
+    );
     shutdown.cancel();
     task.await.unwrap();
     stream.delete().await;

@@ -5,7 +5,9 @@ use std::time::Duration;
 use common::bus::Publisher;
 use common::events::ExpirationComplete;
 
-use crate::queue::Job;
+use common::telemetry::truncate;
+
+use crate::queue::{ID_BYTES, Job};
 use crate::worker::{BoxError, JobHandler};
 
 /// Publishes `expiration:complete {"orderId"}` with the order's message id and waits for the
@@ -36,7 +38,7 @@ impl JobHandler for PublishExpiration {
         // stalled replica is dropped by JetStream as a duplicate.
         match tokio::time::timeout(self.timeout, self.publisher.publish(&event)).await {
             Ok(Ok(published)) => {
-                tracing::info!(order = %job.id, sequence = published.sequence, duplicate = published.duplicate, "expiration:complete published");
+                tracing::info!(order = %truncate(&job.id, ID_BYTES), sequence = published.sequence, duplicate = published.duplicate, "expiration:complete published");
                 Ok(())
             }
             Ok(Err(e)) => Err(e.into()),

@@ -126,7 +126,7 @@ impl Application {
         let ops_task = tokio::spawn(ops.serve(ops_listener, ops_shutdown.clone()));
         let wakes = tokio::spawn(queue.clone().watch_wakes(shutdown.clone()));
 
-        let mut options = ListenerOptions::new(config.nats.stream.clone());
+        let mut options = config.nats.listener_options();
         options.metrics = Some(bus_metrics.clone());
         let created = tokio::spawn(supervise(
             js.clone(),

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bus::Backoff;
-use common::telemetry::ErrorChain;
+use common::telemetry::{ErrorChain, truncate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::queue::{Claim, Job, MAX_BATCH, Queue, QueueError, RetryOutcome};
+use crate::queue::{Claim, ID_BYTES, Job, MAX_BATCH, Queue, QueueError, RetryOutcome};
 
 /// How many claimed jobs a worker holds per handler slot (see the module documentation).
 pub const CLAIM_AHEAD: usize = 2;
@@ -269,7 +269,8 @@ impl<H: JobHandler> Context<H> {
     async fn fail(&self, job: &Job, error: &(dyn std::error::Error + Send + Sync)) {
         let options = &self.options;
         let delay = options.backoff.delay(u64::from(job.attempts));
-        let reason = ErrorChain(error).to_string();
+        // Bounded: it is logged, and kept with a dead-lettered job.
+        let reason = truncate(&ErrorChain(error).to_string(), 300).into_owned();
         match self
             .queue
             .retry(job, delay, options.max_attempts, &reason)
@@ -277,18 +278,18 @@ impl<H: JobHandler> Context<H> {
         {
             Ok(RetryOutcome::Rescheduled) => {
                 self.metrics.retried.inc();
-                tracing::warn!(job = %job.id, attempts = job.attempts, ?delay, error = %reason, "firing failed; retrying after backoff");
+                tracing::warn!(job = %truncate(&job.id, ID_BYTES), attempts = job.attempts, ?delay, error = %reason, "firing failed; retrying after backoff");
             }
             Ok(RetryOutcome::DeadLettered) => {
                 self.metrics.dead_lettered.inc();
-                tracing::error!(job = %job.id, attempts = job.attempts, error = %reason, "firing failed for the last time; job dead-lettered");
+                tracing::error!(job = %truncate(&job.id, ID_BYTES), attempts = job.attempts, error = %reason, "firing failed for the last time; job dead-lettered");
             }
             Ok(RetryOutcome::LeaseLost) => {
-                tracing::info!(job = %job.id, "firing failed, but the job was moved or cancelled meanwhile");
+                tracing::info!(job = %truncate(&job.id, ID_BYTES), "firing failed, but the job was moved or cancelled meanwhile");
             }
             Err(e) => {
                 // Nothing is lost: the lease expires and the job is claimed again.
-                tracing::warn!(job = %job.id, error = %ErrorChain(&e), "cannot reschedule a failed job; it fires again when its lease expires");
+                tracing::warn!(job = %truncate(&job.id, ID_BYTES), error = %ErrorChain(&e), "cannot reschedule a failed job; it fires again when its lease expires");
             }
         }
     }
@@ -310,14 +311,14 @@ async fn fire_one<H: JobHandler>(
         .await
         .expect("the semaphore is never closed");
     if context.options.hold_before_fire {
-        tracing::warn!(job = %job.id, attempts = job.attempts, "holding a claimed job before publishing (fault injection)");
+        tracing::warn!(job = %truncate(&job.id, ID_BYTES), attempts = job.attempts, "holding a claimed job before publishing (fault injection)");
         shutdown.cancelled().await;
         return;
     }
     match context.handler.fire(&job).await {
         Ok(()) => {
             context.count_fired(&claim, &job);
-            tracing::debug!(job = %job.id, lateness = ?claim.lateness(&job), "fired");
+            tracing::debug!(job = %truncate(&job.id, ID_BYTES), lateness = ?claim.lateness(&job), "fired");
             let _ = done.send((job.id, job.token));
         }
         Err(e) => context.fail(&job, &*e).await,

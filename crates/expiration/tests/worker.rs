@@ -429,6 +429,40 @@ async fn a_redelivered_order_created_fires_once() {
 }
 
 #[tokio::test]
+async fn an_order_created_whose_id_is_not_an_object_id_is_never_scheduled() {
+    let (stream, app) = start_app().await;
+    let (bad, huge, control) = (
+        "not-an-object-id".to_owned(),
+        "a".repeat(500_000),
+        order_id(),
+    );
+    let due = now_ms() + 300;
+    stream.publish(&order_created(&bad, due)).await;
+    // Published raw: the message id of a 500 KB id would not fit in a header.
+    let body = serde_json::to_vec(&order_created(&huge, due)).unwrap();
+    stream
+        .js
+        .publish(stream.spec.subject(Subject::OrderCreated), body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    stream.publish(&order_created(&control, due)).await;
+    let events = stream
+        .wait_for::<ExpirationComplete>(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(events, [ExpirationComplete { order_id: control }]);
+    let invalid = r#"events_handled_total{subject="order:created",outcome="invalid"}"#;
+    eventually(Duration::from_secs(5), "both refused", || async {
+        app.metric(invalid).await == 2.0
+    })
+    .await;
+    assert_eq!(app.metric("jobs_scheduled_total").await, 1.0);
+    assert_eq!(app.queue.stats().await.unwrap().pending(), 0);
+    finish(stream, app).await;
+}
+
+#[tokio::test]
 async fn order_cancelled_before_the_due_time_fires_nothing() {
     let (stream, app) = start_app().await;
     let (cancelled, control) = (order_id(), order_id());

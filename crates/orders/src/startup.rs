@@ -200,7 +200,7 @@ impl Application {
             shutdown,
             ..
         } = self;
-        let mut options = ListenerOptions::new(config.nats.stream.clone());
+        let mut options = config.nats.listener_options();
         options.metrics = Some(state.metrics.bus.clone());
         let mut listeners = JoinSet::new();
         spawn_listener(

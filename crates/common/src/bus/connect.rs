@@ -4,7 +4,8 @@ use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
 
 use crate::Subject;
 
-/// How a service reaches NATS, read from `NATS_URL`, `NATS_CLIENT_ID` and `NATS_CLUSTER_ID`.
+/// How a service reaches NATS and consumes from it, read from `NATS_URL`, `NATS_CLIENT_ID`,
+/// `NATS_CLUSTER_ID`, `NATS_SUBJECT_PREFIX` and `LISTENER_MAX_DELIVERIES`.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
     /// Server URLs, already normalised to `nats://` (see [`normalize_url`]).
@@ -13,6 +14,8 @@ pub struct NatsConfig {
     pub client_id: String,
     /// The stream and the subjects on it.
     pub stream: StreamSpec,
+    /// `LISTENER_MAX_DELIVERIES`: see [`super::ListenerOptions::max_deliveries`].
+    pub max_deliveries: u64,
 }
 
 /// The JetStream stream holding the six subjects, and a prefix put before each subject.
@@ -44,6 +47,13 @@ impl StreamSpec {
 }
 
 impl NatsConfig {
+    /// The options of every listener of a service on this configuration.
+    pub fn listener_options(&self) -> super::ListenerOptions {
+        let mut options = super::ListenerOptions::new(self.stream.clone());
+        options.max_deliveries = self.max_deliveries;
+        options
+    }
+
     /// Reads the NATS settings; `default_client_id` is used when `NATS_CLIENT_ID` is unset.
     pub fn from_env(default_client_id: &str) -> Result<Self, BusError> {
         Self::from_lookup(|name| std::env::var(name).ok(), default_client_id)
@@ -59,13 +69,30 @@ impl NatsConfig {
         let url = non_empty("NATS_URL").ok_or(BusError::Config(
             "NATS_URL is not set (for example nats://nats-srv:4222)".into(),
         ))?;
+        let url = normalize_url(&url)?;
+        let client_id = non_empty("NATS_CLIENT_ID").unwrap_or_else(|| default_client_id.to_owned());
+        let stream = StreamSpec {
+            name: non_empty("NATS_CLUSTER_ID").unwrap_or_else(|| "ticketing".to_owned()),
+            subject_prefix: lookup("NATS_SUBJECT_PREFIX").unwrap_or_default(),
+        };
+        let max_deliveries = match non_empty("LISTENER_MAX_DELIVERIES") {
+            None => super::listener::DEFAULT_MAX_DELIVERIES,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    BusError::Config(format!(
+                        "LISTENER_MAX_DELIVERIES `{value}` is not a whole number of at least 1"
+                    ))
+                })?,
+        };
         Ok(NatsConfig {
-            url: normalize_url(&url)?,
-            client_id: non_empty("NATS_CLIENT_ID").unwrap_or_else(|| default_client_id.to_owned()),
-            stream: StreamSpec {
-                name: non_empty("NATS_CLUSTER_ID").unwrap_or_else(|| "ticketing".to_owned()),
-                subject_prefix: lookup("NATS_SUBJECT_PREFIX").unwrap_or_default(),
-            },
+            url,
+            client_id,
+            stream,
+            max_deliveries,
         })
     }
 }

@@ -10,14 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{BusError, BusMetrics, StreamSpec};
-use crate::telemetry::ErrorChain;
+use crate::telemetry::{ErrorChain, truncate};
 use crate::{Event, Subject};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Handles one kind of event for one queue group. The runner ([`run_listener`]) owns
-/// acknowledgement: `Ok` acks, [`HandlerError::Retry`] naks with backoff, [`HandlerError::Reject`]
-/// terminates. A handler never acks by hand, and must be idempotent: delivery is at least once.
+/// acknowledgement: `Ok` acks, [`HandlerError::Retry`] naks with backoff (and gives up after
+/// [`ListenerOptions::max_deliveries`]), [`HandlerError::Unavailable`] keeps the message and
+/// tries again with backoff until the dependency answers, [`HandlerError::Reject`] terminates.
+/// Events that fail [`Event::validate`] never reach the handler. A handler never acks by hand,
+/// and must be idempotent: delivery is at least once.
 pub trait Listener: Send + Sync + 'static {
     /// The event this listener consumes; its subject is the consumer's filter.
     type Event: Event;
@@ -44,18 +47,29 @@ pub struct MessageInfo {
 /// Why a handler did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Could succeed later (a dependency is down, a version is missing): redeliver after backoff.
+    /// The event cannot be applied yet (an earlier version is missing): redeliver after backoff,
+    /// and give up after [`ListenerOptions::max_deliveries`] deliveries.
     #[error("will retry")]
     Retry(#[source] BoxError),
+    /// A dependency (database, Redis) failed: nothing is wrong with the event. The runner keeps
+    /// the message and calls the handler again after a backoff, for as long as it takes; these
+    /// attempts do not count as deliveries.
+    #[error("dependency unavailable")]
+    Unavailable(#[source] BoxError),
     /// Can never succeed: stop redelivering and log it.
     #[error("rejected")]
     Reject(#[source] BoxError),
 }
 
 impl HandlerError {
-    /// A failure worth retrying later.
+    /// The event cannot be applied yet; worth a later delivery.
     pub fn retry(error: impl Into<BoxError>) -> Self {
         HandlerError::Retry(error.into())
+    }
+
+    /// A dependency failed; the same event will do once it answers again.
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        HandlerError::Unavailable(error.into())
     }
 
     /// A failure no retry can mend.
@@ -100,20 +114,30 @@ pub struct ListenerOptions {
     pub ack_wait: Duration,
     /// Most messages handled at once by this runner (and fetched ahead of handling).
     pub max_in_flight: usize,
-    /// Redelivery delay after a retryable failure.
+    /// Redelivery delay after a retryable failure, and between attempts while a dependency is
+    /// unavailable.
     pub backoff: Backoff,
+    /// Deliveries after which an event its handler still cannot apply ([`HandlerError::Retry`])
+    /// is given up: terminated, logged once with its key, counted as `gave_up`.
+    pub max_deliveries: u64,
     /// Counters to update, if the service exposes them.
     pub metrics: Option<BusMetrics>,
 }
 
+/// Default of [`ListenerOptions::max_deliveries`]: with the default backoff (1 s doubling to
+/// 60 s), about 14 minutes of retries.
+pub const DEFAULT_MAX_DELIVERIES: u64 = 20;
+
 impl ListenerOptions {
-    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, 32 in flight.
+    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, 32 in flight, given up after
+    /// [`DEFAULT_MAX_DELIVERIES`].
     pub fn new(stream: StreamSpec) -> Self {
         ListenerOptions {
             stream,
             ack_wait: Duration::from_secs(5),
             max_in_flight: 32,
             backoff: Backoff::default(),
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
             metrics: None,
         }
     }
@@ -195,8 +219,9 @@ pub async fn run_listener<L: Listener>(
                     pause = Duration::from_millis(100);
                     let listener = listener.clone();
                     let options = options.clone();
+                    let shutdown = shutdown.clone();
                     in_hand.spawn(async move {
-                        handle(&*listener, message, &options).await;
+                        handle(&*listener, message, &options, &shutdown).await;
                         drop(permit);
                     });
                 }
@@ -227,55 +252,124 @@ async fn sleep_or_shutdown(shutdown: &CancellationToken, pause: &mut Duration) -
     !slept
 }
 
-async fn handle<L: Listener>(listener: &L, message: jetstream::Message, options: &ListenerOptions) {
+/// Longest text of an event or an error a log line carries: a hostile body cannot flood the log.
+const LOGGED_BYTES: usize = 300;
+
+async fn handle<L: Listener>(
+    listener: &L,
+    message: jetstream::Message,
+    options: &ListenerOptions,
+    shutdown: &CancellationToken,
+) {
     let subject = L::Event::SUBJECT;
+    let count = |outcome: &str| {
+        if let Some(metrics) = &options.metrics {
+            metrics.count_handled(subject.as_str(), outcome);
+        }
+    };
     let info = match message.info() {
         Ok(info) => MessageInfo {
             stream_sequence: info.stream_sequence,
             delivered: info.delivered.max(1) as u64,
         },
         Err(e) => {
-            tracing::error!(%subject, error = %e, "message without JetStream metadata; ignoring it");
+            // Not from a JetStream consumer: it can never be handled, so it must not come back.
+            tracing::error!(%subject, error = %e, "message without JetStream metadata; terminating it");
+            count("undecodable");
+            acknowledge(&message, AckKind::Term).await;
             return;
         }
     };
     let span = tracing::info_span!("message", %subject, seq = info.stream_sequence, delivered = info.delivered);
     async {
-        let count = |outcome: &str| {
-            if let Some(metrics) = &options.metrics {
-                metrics.count_handled(subject.as_str(), outcome);
-            }
+        let head = || {
+            let end = message.payload.len().min(LOGGED_BYTES);
+            String::from_utf8_lossy(&message.payload[..end]).into_owned()
         };
         let event = match serde_json::from_slice::<L::Event>(&message.payload) {
             Ok(event) => event,
             Err(e) => {
-                let head = String::from_utf8_lossy(&message.payload[..message.payload.len().min(120)]).into_owned();
-                tracing::error!(error = %e, body = %head, "undecodable body; terminating it");
+                tracing::error!(error = %truncate(&e.to_string(), LOGGED_BYTES), body = %head(), "undecodable body; terminating it");
                 count("undecodable");
                 acknowledge(&message, AckKind::Term).await;
                 return;
             }
         };
-        match listener.on_message(event, info).await {
-            Ok(()) => {
-                count("ack");
-                acknowledge(&message, AckKind::Ack).await;
+        if let Err(invalid) = event.validate() {
+            tracing::error!(error = %invalid, body = %head(), "invalid event; terminating it");
+            count("invalid");
+            acknowledge(&message, AckKind::Term).await;
+            return;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match listener.on_message(event.clone(), info).await {
+                Ok(()) => {
+                    count("ack");
+                    acknowledge(&message, AckKind::Ack).await;
+                }
+                Err(HandlerError::Retry(e)) if info.delivered >= options.max_deliveries => {
+                    tracing::error!(
+                        message_id = %truncate(&event.message_id(), LOGGED_BYTES),
+                        error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES),
+                        max_deliveries = options.max_deliveries,
+                        "giving up on an event its handler still cannot apply; terminating it"
+                    );
+                    count("gave_up");
+                    acknowledge(&message, AckKind::Term).await;
+                }
+                Err(HandlerError::Retry(e)) => {
+                    let delay = options.backoff.delay(info.delivered);
+                    tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, "handler failed; redelivering after backoff");
+                    count("retry");
+                    acknowledge(&message, AckKind::Nak(Some(delay))).await;
+                }
+                Err(HandlerError::Unavailable(e)) => {
+                    let delay = options.backoff.delay(attempt);
+                    tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, attempt, "a dependency is unavailable; keeping the message and trying again");
+                    count("unavailable");
+                    if hold(&message, delay, options.ack_wait, shutdown).await {
+                        continue;
+                    }
+                    // Shutting down: another replica, or the next start, takes it at once.
+                    acknowledge(&message, AckKind::Nak(None)).await;
+                }
+                Err(HandlerError::Reject(e)) => {
+                    tracing::error!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), "handler rejected the event; terminating it");
+                    count("reject");
+                    acknowledge(&message, AckKind::Term).await;
+                }
             }
-            Err(HandlerError::Retry(e)) => {
-                let delay = options.backoff.delay(info.delivered);
-                tracing::warn!(error = %ErrorChain(&*e), ?delay, "handler failed; redelivering after backoff");
-                count("retry");
-                acknowledge(&message, AckKind::Nak(Some(delay))).await;
-            }
-            Err(HandlerError::Reject(e)) => {
-                tracing::error!(error = %ErrorChain(&*e), "handler rejected the event; terminating it");
-                count("reject");
-                acknowledge(&message, AckKind::Term).await;
-            }
+            return;
         }
     }
     .instrument(span)
     .await
+}
+
+/// Keeps `message` in hand for `delay` (telling the server the work is in progress, so it does
+/// not redeliver it meanwhile); false if `shutdown` came first.
+async fn hold(
+    message: &jetstream::Message,
+    delay: Duration,
+    ack_wait: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "cannot extend the ack wait");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(left.min(ack_wait / 2)) => {}
+        }
+    }
 }
 
 /// Sends the acknowledgement and waits for the server to confirm it, so that a message reported

@@ -15,7 +15,9 @@ pub struct PublishLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandledLabels {
     pub subject: String,
-    /// `ack`, `retry` (nak with backoff), `reject` (terminated by the handler) or `undecodable`.
+    /// `ack`; `retry` (nak with backoff); `unavailable` (a dependency failed, tried again in
+    /// place); terminated ones: `gave_up` (still not applicable after the delivery limit),
+    /// `reject` (by the handler), `undecodable` or `invalid` (refused by `Event::validate`).
     pub outcome: String,
 }
 
@@ -50,6 +52,16 @@ impl BusMetrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// How many messages of `subject` ended with `outcome` so far.
+    pub fn handled_count(&self, subject: &str, outcome: &str) -> u64 {
+        self.handled
+            .get_or_create(&HandledLabels {
+                subject: subject.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .get()
     }
 
     pub(crate) fn count_handled(&self, subject: &str, outcome: &str) {

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::Event;
+use super::{Event, InvalidEvent, validate};
 use crate::Subject;
 
 /// `expiration:complete`: the reservation window of an order has passed.
@@ -16,5 +16,9 @@ impl Event for ExpirationComplete {
     /// One expiry per order: a re-publish (after a crash, or from another replica) is a duplicate.
     fn message_id(&self) -> String {
         format!("{}:{}", Self::SUBJECT, self.order_id)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::object_id("orderId", &self.order_id)
     }
 }

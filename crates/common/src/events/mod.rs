@@ -1,8 +1,9 @@
 //! The events of the ticketing stack, one file per subject.
 //!
 //! Bodies are the event's data object as JSON, with the Node stack's camelCase field names.
-//! Unknown fields are ignored on input. Each type implements [`Event`], which names its subject
-//! and the `Nats-Msg-Id` that makes a re-publish of the same event a duplicate.
+//! Unknown fields are ignored on input. Each type implements [`Event`], which names its subject,
+//! the `Nats-Msg-Id` that makes a re-publish of the same event a duplicate, and what a valid
+//! event looks like ([`validate`]).
 
 mod expiration_complete;
 mod order_cancelled;
@@ -11,6 +12,7 @@ mod order_status;
 mod payment_created;
 mod ticket_created;
 mod ticket_updated;
+pub mod validate;
 
 pub use expiration_complete::ExpirationComplete;
 pub use order_cancelled::{OrderCancelled, OrderCancelledTicket};
@@ -19,19 +21,27 @@ pub use order_status::OrderStatus;
 pub use payment_created::PaymentCreated;
 pub use ticket_created::TicketCreated;
 pub use ticket_updated::TicketUpdated;
+pub use validate::InvalidEvent;
 
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::Subject;
 
 /// An event: a JSON body on one subject, with an id for deduplication.
-pub trait Event: Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+pub trait Event:
+    Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static
+{
     /// The subject this event travels on.
     const SUBJECT: Subject;
 
     /// The `Nats-Msg-Id` of this event: equal for two publishes of the same change, so that
     /// JetStream keeps only one of them inside its duplicate window.
     fn message_id(&self) -> String;
+
+    /// Refuses what no legitimate peer sends ([`validate`]): ids that are not ObjectIds,
+    /// negative or unchargeable prices, oversized strings, versions beyond JavaScript's.
+    /// Listeners terminate an invalid event instead of handling it.
+    fn validate(&self) -> Result<(), InvalidEvent>;
 }
 
 /// `expiresAt` and other instants: ISO-8601 UTC with milliseconds and `Z` on output

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::Event;
+use super::{Event, InvalidEvent, validate};
 use crate::Subject;
 
 /// `order:cancelled`: an order was cancelled and its ticket released.
@@ -22,5 +22,11 @@ impl Event for OrderCancelled {
 
     fn message_id(&self) -> String {
         format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::object_id("id", &self.id)?;
+        validate::version(self.version)?;
+        validate::object_id("ticket.id", &self.ticket.id)
     }
 }

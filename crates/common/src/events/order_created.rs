@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, OrderStatus, price, timestamp};
+use super::{Event, InvalidEvent, OrderStatus, price, timestamp, validate};
 use crate::Subject;
 
 /// `order:created`: a buyer reserved a ticket until `expires_at`.
@@ -30,5 +30,13 @@ impl Event for OrderCreated {
 
     fn message_id(&self) -> String {
         format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::object_id("id", &self.id)?;
+        validate::version(self.version)?;
+        validate::text("userId", &self.user_id, validate::MAX_ID_BYTES)?;
+        validate::object_id("ticket.id", &self.ticket.id)?;
+        validate::price(self.ticket.price)
     }
 }

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::Event;
+use super::{Event, InvalidEvent, validate};
 use crate::Subject;
 
 /// `payment:created`: an order was paid (published by the payments service).
@@ -17,5 +17,11 @@ impl Event for PaymentCreated {
 
     fn message_id(&self) -> String {
         format!("{}:{}", Self::SUBJECT, self.id)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::text("id", &self.id, validate::MAX_ID_BYTES)?;
+        validate::object_id("orderId", &self.order_id)?;
+        validate::text("stripeId", &self.stripe_id, validate::MAX_ID_BYTES)
     }
 }

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{Event, price};
+use super::{Event, InvalidEvent, price, validate};
 use crate::Subject;
 
 /// `ticket:created`: a ticket was put on sale (published by the tickets service).
@@ -20,5 +20,13 @@ impl Event for TicketCreated {
 
     fn message_id(&self) -> String {
         format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::object_id("id", &self.id)?;
+        validate::version(self.version)?;
+        validate::text("title", &self.title, validate::MAX_TITLE_BYTES)?;
+        validate::price(self.price)?;
+        validate::text("userId", &self.user_id, validate::MAX_ID_BYTES)
     }
 }

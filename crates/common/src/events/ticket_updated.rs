@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::{Event, price};
+use super::{Event, InvalidEvent, price, validate};
 use crate::Subject;
 
 /// `ticket:updated`: a ticket changed (title, price, or its reserving order).
@@ -23,5 +23,17 @@ impl Event for TicketUpdated {
 
     fn message_id(&self) -> String {
         format!("{}:{}:{}", Self::SUBJECT, self.id, self.version)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        validate::object_id("id", &self.id)?;
+        validate::version(self.version)?;
+        validate::text("title", &self.title, validate::MAX_TITLE_BYTES)?;
+        validate::price(self.price)?;
+        validate::text("userId", &self.user_id, validate::MAX_ID_BYTES)?;
+        match &self.order_id {
+            Some(order_id) => validate::object_id("orderId", order_id),
+            None => Ok(()),
+        }
     }
 }

@@ -28,7 +28,7 @@ impl Listener for OrderCancelledListener {
             .queue
             .cancel(&[event.id.as_str()])
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::unavailable)?;
         self.metrics.cancelled.inc_by(removed);
         tracing::info!(order = %event.id, removed = removed == 1, "expiration cancelled");
         Ok(())

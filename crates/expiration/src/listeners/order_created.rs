@@ -6,7 +6,8 @@ use common::events::OrderCreated;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, to_ms};
 
-/// Schedules a job keyed by the order id, due at `expiresAt`; acks once Redis has it.
+/// Schedules a job keyed by the order id, due at `expiresAt`; acks once Redis has it. An id that
+/// is not an ObjectId never gets here: the runner terminates it (`Event::validate`).
 pub struct OrderCreatedListener {
     queue: Queue,
     metrics: Metrics,
@@ -24,15 +25,12 @@ impl Listener for OrderCreatedListener {
     const QUEUE_GROUP: &'static str = super::QUEUE_GROUP;
 
     async fn on_message(&self, event: OrderCreated, _: MessageInfo) -> Result<(), HandlerError> {
-        if event.id.trim().is_empty() {
-            return Err(HandlerError::reject("order:created without an order id"));
-        }
         let due_ms = to_ms(event.expires_at);
         let scheduled = self
             .queue
             .schedule(&event.id, due_ms)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::unavailable)?;
         self.metrics
             .scheduled
             .inc_by(scheduled.added + scheduled.moved);

@@ -56,6 +56,9 @@ use common::telemetry::ErrorChain;
 /// Most jobs one script call handles: Lua's `unpack` has a stack limit of a few thousand values.
 pub const MAX_BATCH: usize = 1000;
 
+/// Most bytes of a job id a log line shows (an order id has 24; intake refuses any other).
+pub const ID_BYTES: usize = 64;
+
 /// How long a cancelled id stays remembered, so that its late creation schedules nothing. Far
 /// longer than any redelivery of `order:created` (ack wait and backoff are seconds to minutes).
 pub const CANCELLED_TTL: Duration = Duration::from_secs(24 * 3600);

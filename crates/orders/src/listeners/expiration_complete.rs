@@ -26,7 +26,12 @@ impl Listener for ExpirationCompleteListener {
         _: MessageInfo,
     ) -> Result<(), HandlerError> {
         let id = parse_id("orderId", &event.order_id)?;
-        let Some(order) = self.orders.get(id).await.map_err(HandlerError::retry)? else {
+        let Some(order) = self
+            .orders
+            .get(id)
+            .await
+            .map_err(HandlerError::unavailable)?
+        else {
             // order:created is published only after the order is stored, so no expiry can
             // precede its order: this event is about an order some other deployment owns.
             tracing::warn!(order_id = %id, "expiration for an unknown order; ignoring it");
@@ -36,7 +41,7 @@ impl Listener for ExpirationCompleteListener {
             .orders
             .cancel(order)
             .await
-            .map_err(HandlerError::retry)?
+            .map_err(HandlerError::unavailable)?
         {
             OrderChange::Changed(order) => {
                 tracing::info!(order_id = %id, version = order.version, "order expired and cancelled");

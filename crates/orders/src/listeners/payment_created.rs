@@ -24,7 +24,12 @@ impl Listener for PaymentCreatedListener {
 
     async fn on_message(&self, event: PaymentCreated, _: MessageInfo) -> Result<(), HandlerError> {
         let id = parse_id("orderId", &event.order_id)?;
-        let Some(order) = self.orders.get(id).await.map_err(HandlerError::retry)? else {
+        let Some(order) = self
+            .orders
+            .get(id)
+            .await
+            .map_err(HandlerError::unavailable)?
+        else {
             return Err(HandlerError::reject(format!(
                 "payment {} is for unknown order {id}",
                 event.id
@@ -34,7 +39,7 @@ impl Listener for PaymentCreatedListener {
             .orders
             .complete(order)
             .await
-            .map_err(HandlerError::retry)?
+            .map_err(HandlerError::unavailable)?
         {
             OrderChange::Changed(order) => {
                 tracing::info!(order_id = %id, payment_id = %event.id, version = order.version, "order paid");

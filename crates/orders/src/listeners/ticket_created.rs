@@ -26,7 +26,7 @@ impl Listener for TicketCreatedListener {
             .tickets
             .insert(&ticket)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::unavailable)?;
         if stored {
             tracing::info!(ticket_id = %ticket.id, "ticket replica stored");
         } else {

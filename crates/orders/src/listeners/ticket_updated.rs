@@ -23,7 +23,7 @@ impl Listener for TicketUpdatedListener {
             .tickets
             .apply_update(id, version, &event.title, event.price)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::unavailable)?;
         match outcome {
             TicketUpdate::Applied => {
                 tracing::info!(ticket_id = %id, version, "ticket replica updated");

@@ -230,3 +230,57 @@ async fn a_payment_for_a_cancelled_order_is_counted_as_an_anomaly_and_changes_no
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_update_of_a_ticket_that_never_existed_is_given_up_after_the_delivery_limit() {
+    let app = TestApp::spawn_with(|config| config.nats.max_deliveries = 3).await;
+    app.stream
+        .publish(&updated(ObjectId::new(), 1, "ghost", 10.0))
+        .await;
+    // Deliveries 1, 2 and 3 (after 1 s and 2 s of backoff), then terminated: nothing pending.
+    app.wait_until_acked(Subject::TicketUpdated).await;
+    let metrics = app.get("/metrics", "").await.body;
+    for line in [
+        r#"events_handled_total{subject="ticket:updated",outcome="retry"} 2"#,
+        r#"events_handled_total{subject="ticket:updated",outcome="gave_up"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ticket_events_no_tickets_service_can_send_are_refused_and_not_stored() {
+    let app = TestApp::spawn().await;
+    let mut refused = Vec::new();
+    for (change, why) in [
+        (
+            (|t: &mut TicketCreated| t.price = -5.0) as fn(&mut TicketCreated),
+            "negative price",
+        ),
+        (|t| t.price = 1e308, "unchargeable price"),
+        (|t| t.title = "x".repeat(600_000), "600 KB title"),
+        (
+            |t| t.version = 1 << 60,
+            "version beyond JavaScript's integers",
+        ),
+    ] {
+        let mut event = created(ObjectId::new(), "bad", 10.0);
+        change(&mut event);
+        app.stream.publish(&event).await;
+        refused.push((event.id, why));
+    }
+    let good = created(ObjectId::new(), "good", 10.0);
+    app.stream.publish(&good).await;
+    app.wait_until_acked(Subject::TicketCreated).await;
+    for (id, why) in refused {
+        let stored = app.tickets().get(ObjectId::parse_str(&id).unwrap()).await;
+        assert!(stored.unwrap().is_none(), "stored a ticket with a {why}");
+    }
+    let good_id = ObjectId::parse_str(&good.id).unwrap();
+    assert!(app.tickets().get(good_id).await.unwrap().is_some());
+    let metrics = app.get("/metrics", "").await.body;
+    let line = r#"events_handled_total{subject="ticket:created",outcome="invalid"} 4"#;
+    assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    app.stop().await;
+}
