@@ -57,18 +57,31 @@ impl JwtKey {
         }
     }
 
-    /// The user in `token` if it is an HS256 JWT signed with this key and not expired.
+    /// The user in `token` if it is an HS256 JWT signed with this key whose claims pass
+    /// [`check_claims`] now.
     pub fn verify(&self, token: &str) -> Option<UserPayload> {
         let mut validation = Validation::new(Algorithm::HS256);
-        // The auth service sets no `exp`; honour it when present.
+        // The signature and algorithm only: the claims are checked strictly below, because the
+        // library skips an `exp` or `nbf` that is not a number instead of refusing the token.
         validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        validation.leeway = 0;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
-        match jsonwebtoken::decode::<UserPayload>(token, &self.decoding, &validation) {
-            Ok(data) => Some(data.claims),
+        let claims = match jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation) {
+            Ok(data) => data.claims,
             Err(e) => {
                 tracing::debug!(error = %e, "rejected token");
+                return None;
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        match check_claims(&claims, now) {
+            Ok(user) => Some(user),
+            Err(reason) => {
+                tracing::debug!(%reason, "rejected token");
                 None
             }
         }
@@ -79,6 +92,66 @@ impl JwtKey {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), user, &self.encoding)
             .expect("HS256 signing of a plain struct cannot fail")
     }
+}
+
+/// A token's claims as they are, before [`check_claims`].
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECONDS: f64 = 5.0;
+
+/// Longest `id` accepted, in bytes (the auth service's are 24-digit ObjectIds).
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+/// Longest `email` accepted, in bytes.
+pub const MAX_EMAIL_BYTES: usize = 320;
+
+/// The user of a signed token's `claims` at `now` (seconds since the epoch): `exp`, `nbf` and
+/// `iat` must be numbers when present (not strings, not `null`) and hold now, within
+/// [`LEEWAY_SECONDS`] (not expired, already valid, not issued in the future); `id` must be a
+/// non-empty string of at most [`MAX_USER_ID_BYTES`], `email` a string.
+pub fn check_claims(claims: &Claims, now: f64) -> Result<UserPayload, String> {
+    let time = |name: &str| -> Result<Option<f64>, String> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .filter(|t| t.is_finite())
+                .map(Some)
+                .ok_or_else(|| format!("`{name}` is not a number")),
+        }
+    };
+    if let Some(exp) = time("exp")?
+        && now >= exp + LEEWAY_SECONDS
+    {
+        return Err("expired".into());
+    }
+    if let Some(nbf) = time("nbf")?
+        && nbf > now + LEEWAY_SECONDS
+    {
+        return Err("not valid yet (`nbf`)".into());
+    }
+    let iat = time("iat")?;
+    if iat.is_some_and(|iat| iat > now + LEEWAY_SECONDS) {
+        return Err("issued in the future (`iat`)".into());
+    }
+    let id = match claims.get("id") {
+        Some(serde_json::Value::String(id)) if !id.trim().is_empty() => id,
+        _ => return Err("`id` is not a non-empty string".into()),
+    };
+    if id.len() > MAX_USER_ID_BYTES {
+        return Err(format!("`id` is longer than {MAX_USER_ID_BYTES} bytes"));
+    }
+    let email = match claims.get("email") {
+        Some(serde_json::Value::String(email)) if email.len() <= MAX_EMAIL_BYTES => email,
+        _ => return Err("`email` is not a string of reasonable length".into()),
+    };
+    Ok(UserPayload {
+        id: id.clone(),
+        email: email.clone(),
+        // Whole seconds, as the auth service writes it.
+        iat: iat.filter(|t| *t >= 0.0).map(|t| t as u64),
+    })
 }
 
 /// The `Cookie` header value the auth service's cookie-session would set for `token`.
@@ -362,6 +435,62 @@ mod tests {
             user_from_headers(&headers("cookie", valid), &key),
             Some(user())
         );
+    }
+
+    #[test]
+    fn claims_must_be_numbers_of_the_right_time_and_the_id_a_bounded_string() {
+        let key = JwtKey::new(SECRET);
+        let now = unix_now() as i64;
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .unwrap()
+        };
+        let base = || serde_json::json!({ "id": "6745a1e9c2b1a4d5e6f70811", "email": "a@b.c" });
+        let with = |name: &str, value: serde_json::Value| {
+            let mut claims = base();
+            claims[name] = value;
+            claims
+        };
+        for (claims, why) in [
+            (with("exp", "9999999999".into()), "a string exp"),
+            (with("exp", (-1).into()), "a negative exp"),
+            (with("exp", serde_json::Value::Null), "a null exp"),
+            (with("exp", (now - 30).into()), "an exp past the leeway"),
+            (with("nbf", (now + 3600).into()), "an nbf an hour ahead"),
+            (with("nbf", "0".into()), "a string nbf"),
+            (with("iat", (now + 3600).into()), "an iat an hour ahead"),
+            (with("iat", serde_json::Value::Null), "a null iat"),
+            (with("id", "".into()), "an empty id"),
+            (with("id", "x".repeat(1000).into()), "a 1000-byte id"),
+            (with("id", 42.into()), "a numeric id"),
+            (with("id", serde_json::Value::Null), "a null id"),
+            (with("email", serde_json::Value::Null), "a null email"),
+        ] {
+            let cookie = session_cookie(&sign(claims));
+            assert_eq!(
+                user_from_headers(&headers("cookie", cookie), &key),
+                None,
+                "accepted {why}"
+            );
+        }
+        for (claims, why) in [
+            (base(), "no time claims at all (the auth service's tokens)"),
+            (with("exp", (now + 600).into()), "an exp ahead"),
+            (with("exp", (now - 2).into()), "an exp within the leeway"),
+            (with("nbf", (now - 10).into()), "an nbf passed"),
+            (with("iat", now.into()), "an iat of now"),
+            (with("exp", (now as f64 + 600.5).into()), "a fractional exp"),
+        ] {
+            let cookie = session_cookie(&sign(claims));
+            assert!(
+                user_from_headers(&headers("cookie", cookie), &key).is_some(),
+                "refused {why}"
+            );
+        }
     }
 
     #[test]
