@@ -7,7 +7,8 @@
 //!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
 //! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
 //! - [`env`]: the environment variables a binary reads, printed by `--env-vars`.
-//! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, and a tiny server for workers.
+//! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, served on a worker's ops port.
+//! - [`server`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
 //! - [`telemetry`]: `tracing` set-up (pretty or JSON by `LOG_FORMAT`, level by `RUST_LOG`).
 //! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token.
 //! - `testing` (feature `testing`): the local stack's addresses and a private stream per test.
@@ -18,6 +19,7 @@ pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod ops;
+pub mod server;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (its dependencies answer)
 //! and `/metrics` (Prometheus text format). [`Ops`] computes the answers; the orders service
-//! mounts them on its axum router, the expiration worker serves them with [`Ops::serve`], a
-//! small hyper server that needs no web framework.
+//! mounts them on its axum router, the expiration worker serves them with [`Ops::serve`] (the
+//! limits of [`crate::server`], no web framework).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,10 +12,12 @@ use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::server::ServerLimits;
 
 /// A readiness check: resolves to `Err(reason)` when the dependency does not answer.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -27,6 +29,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Ops {
     registry: Registry,
     checks: Vec<(&'static str, Check)>,
+    connections: Gauge,
 }
 
 /// A response of an ops endpoint, independent of the HTTP library serving it.
@@ -38,12 +41,24 @@ pub struct OpsResponse {
 }
 
 impl Ops {
-    /// Ops over `registry`, with no checks yet.
-    pub fn new(registry: Registry) -> Self {
+    /// Ops over `registry` (adding `http_connections_open`), with no checks yet.
+    pub fn new(mut registry: Registry) -> Self {
+        let connections = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open on this process's server",
+            connections.clone(),
+        );
         Ops {
             registry,
             checks: Vec::new(),
+            connections,
         }
+    }
+
+    /// The gauge of open connections, for the server that serves these endpoints.
+    pub fn connections(&self) -> Gauge {
+        self.connections.clone()
     }
 
     /// Adds a readiness check named `name` (shown in the `/readyz` body).
@@ -133,31 +148,19 @@ impl Ops {
         }
     }
 
-    /// Serves the three endpoints on `listener` until `shutdown` is cancelled.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ops listener cannot accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+    /// Serves the three endpoints on `listener` within `limits` until `shutdown` is cancelled.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        limits: ServerLimits,
+        shutdown: CancellationToken,
+    ) {
+        let connections = self.connections();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let ops = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let ops = ops.clone();
-                    async move { Ok::<_, Infallible>(ops.respond(request).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move { Ok::<_, Infallible>(ops.respond(request).await) }
+        });
+        crate::server::serve(listener, service, limits, connections, shutdown).await;
     }
 
     async fn respond(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -213,7 +216,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(ops.serve(listener, shutdown.clone()));
+        let server = tokio::spawn(ops.serve(listener, ServerLimits::OPS, shutdown.clone()));
 
         let get = |path: &'static str| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -19,12 +19,17 @@
 //! | `EXPIRATION_RETRY_INITIAL_MS` | `1000` | first retry delay, doubled per attempt |
 //! | `EXPIRATION_RETRY_MAX_MS` | `60000` | longest retry delay |
 //! | `EXPIRATION_FAULT_HOLD_BEFORE_PUBLISH` | `false` | tests only: claim jobs but never publish |
+//! | `LISTENER_MAX_DELIVERIES` | `20` | deliveries after which an event still not applicable is given up |
+//! | `HTTP_HEADER_TIMEOUT_SECONDS` | `10` | ops port: longest wait for a request head (also idle keep-alive) |
+//! | `HTTP_BODY_TIMEOUT_SECONDS` | `10` | longest a request body may take (the ops port reads none) |
+//! | `HTTP_MAX_CONNECTIONS` | `64` | ops port: most open connections |
 
 use std::fmt;
 use std::time::Duration;
 
 use common::bus::{Backoff, BusError, NatsConfig};
 use common::env::{EnvVar, NATS, TELEMETRY};
+use common::server::{HTTP_OPS, ServerLimits};
 
 use crate::queue::QueueName;
 use crate::worker::{CLAIM_AHEAD, WorkerOptions};
@@ -38,6 +43,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Port of the ops endpoints.
     pub ops_port: u16,
+    /// Timeouts and connection cap of the ops port.
+    pub ops_limits: ServerLimits,
     /// How jobs are claimed, published and retried.
     pub worker: WorkerOptions,
     /// Longest wait for a JetStream publish acknowledgement.
@@ -77,6 +84,8 @@ pub enum ConfigError {
     Invalid { name: &'static str, problem: String },
     #[error(transparent)]
     Nats(#[from] BusError),
+    #[error("{0}")]
+    Http(String),
 }
 
 /// The variables the worker reads itself (NATS and logging ones come from `common`).
@@ -166,6 +175,7 @@ pub fn env_vars() -> Vec<EnvVar> {
     EXPIRATION_VARS
         .iter()
         .chain(NATS.iter())
+        .chain(HTTP_OPS.iter())
         .chain(TELEMETRY.iter())
         .copied()
         .collect()
@@ -183,6 +193,8 @@ impl Config {
         let nats = NatsConfig::from_lookup(&lookup, "expiration")?;
         let redis = RedisConfig::from_lookup(&lookup)?;
         let ops_port = env.parse("OPS_PORT", 8080u16, "a port number (0-65535)")?;
+        let ops_limits =
+            ServerLimits::from_lookup(&lookup, ServerLimits::OPS).map_err(ConfigError::Http)?;
         let millis = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             let ms = env.parse(name, default, "a whole number of milliseconds")?;
             if ms == 0 {
@@ -231,6 +243,7 @@ impl Config {
             nats,
             redis,
             ops_port,
+            ops_limits,
             worker: WorkerOptions {
                 concurrency,
                 lease,
@@ -359,12 +372,13 @@ mod tests {
         let listed: std::collections::BTreeSet<String> = EXPIRATION_VARS
             .iter()
             .chain(NATS.iter())
+            .chain(HTTP_OPS.iter())
             .map(|var| var.name.to_owned())
             .collect();
         assert_eq!(read.into_inner(), listed);
         assert_eq!(
             env_vars().len(),
-            EXPIRATION_VARS.len() + NATS.len() + TELEMETRY.len()
+            EXPIRATION_VARS.len() + NATS.len() + HTTP_OPS.len() + TELEMETRY.len()
         );
     }
 

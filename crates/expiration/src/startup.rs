@@ -123,7 +123,8 @@ impl Application {
         } = self;
         // The ops server outlives the worker so /healthz answers during the drain.
         let ops_shutdown = CancellationToken::new();
-        let ops_task = tokio::spawn(ops.serve(ops_listener, ops_shutdown.clone()));
+        let ops_task =
+            tokio::spawn(ops.serve(ops_listener, config.ops_limits, ops_shutdown.clone()));
         let wakes = tokio::spawn(queue.clone().watch_wakes(shutdown.clone()));
 
         let mut options = config.nats.listener_options();

@@ -537,6 +537,45 @@ async fn a_past_expires_at_fires_at_once() {
 }
 
 #[tokio::test]
+async fn idle_sockets_to_the_ops_port_are_capped_and_closed() {
+    let stream = TestStream::new().await;
+    let queue = test_queue().await;
+    let mut env = worker_env(&stream.env(), &redis_url(), queue.name());
+    env.insert("HTTP_MAX_CONNECTIONS".into(), "5".into());
+    env.insert("HTTP_HEADER_TIMEOUT_SECONDS".into(), "0.3".into());
+    let app = TestApp::start(&env).await;
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let mut socket = tokio::net::TcpStream::connect(app.ops).await.unwrap();
+        idle.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = [0u8; 64];
+            while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
+        }));
+    }
+    // Eight rounds of five, 0.3 s each.
+    for socket in idle {
+        tokio::time::timeout(Duration::from_secs(10), socket)
+            .await
+            .expect("every idle socket is closed by the worker")
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2000),
+        "{took:?}: more than 5 open at once"
+    );
+    assert_eq!(http_get(app.ops, "/readyz").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        app.metric("http_connections_open").await,
+        1.0,
+        "only this request"
+    );
+    finish(stream, app).await;
+}
+
+#[tokio::test]
 async fn the_ops_port_answers_health_readiness_and_metrics() {
     let (stream, app) = start_app().await;
     assert_eq!(http_get(app.ops, "/healthz").await.0, "HTTP/1.1 200 OK");

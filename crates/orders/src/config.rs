@@ -6,6 +6,7 @@ use std::time::Duration;
 use common::bus::{BusError, NatsConfig};
 use common::env::{EnvVar, NATS, TELEMETRY};
 use common::http::JwtKey;
+use common::server::{HTTP_API, ServerLimits};
 
 /// Database used when `MONGO_URI` names none (`mongodb://host:27017`).
 pub const DEFAULT_DATABASE: &str = "orders";
@@ -49,6 +50,7 @@ pub fn env_vars() -> Vec<EnvVar> {
     ORDERS_VARS
         .iter()
         .chain(NATS.iter())
+        .chain(HTTP_API.iter())
         .chain(TELEMETRY.iter())
         .copied()
         .collect()
@@ -71,6 +73,8 @@ pub struct Config {
     pub port: u16,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// The API server's header and body timeouts and connection cap.
+    pub http: ServerLimits,
     /// How soon the outbox relay retries events a request could not publish.
     pub relay_retry: Duration,
     /// How often the relay looks for stray events while none are known (a safety net).
@@ -91,6 +95,8 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
     #[error(transparent)]
     Nats(#[from] BusError),
+    #[error("{0}")]
+    Http(String),
 }
 
 impl fmt::Debug for Config {
@@ -103,6 +109,7 @@ impl fmt::Debug for Config {
             .field("expiration_window", &self.expiration_window)
             .field("port", &self.port)
             .field("body_limit", &self.body_limit)
+            .field("http", &self.http)
             .field("relay_retry", &self.relay_retry)
             .field("relay_sweep", &self.relay_sweep)
             .field("publish_timeout", &self.publish_timeout)
@@ -130,6 +137,8 @@ impl Config {
             900,
         )?;
         let port: u16 = parse_or(non_empty("PORT"), "PORT", 3000)?;
+        let http =
+            ServerLimits::from_lookup(&lookup, ServerLimits::API).map_err(ConfigError::Http)?;
         let fault_hold_after_claim: bool = parse_or(
             non_empty("ORDERS_FAULT_HOLD_AFTER_CLAIM"),
             "ORDERS_FAULT_HOLD_AFTER_CLAIM",
@@ -143,6 +152,7 @@ impl Config {
             expiration_window: Duration::from_secs(expiration_seconds),
             port,
             body_limit: 16 * 1024,
+            http,
             relay_retry: Duration::from_secs(1),
             relay_sweep: Duration::from_secs(60),
             publish_timeout: Duration::from_secs(2),

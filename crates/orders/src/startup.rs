@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use common::bus::{self, BusError, Listener, ListenerOptions, Publisher};
 use common::ops::Ops;
 use common::telemetry::ErrorChain;
+use hyper_util::service::TowerToHyperService;
 use mongodb::Database;
 use mongodb::bson::doc;
 use mongodb::options::ClientOptions;
@@ -53,8 +54,6 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
 }
 
 /// A built service, bound to its port, ready to [`run`](Application::run).
@@ -156,6 +155,7 @@ impl Application {
             metrics,
             ops: Arc::new(ops),
             expiration_window: config.expiration_window,
+            body_timeout: config.http.body_timeout,
         };
 
         let address = SocketAddr::from(([0, 0, 0, 0], config.port));
@@ -253,11 +253,16 @@ impl Application {
         ));
 
         tracing::info!(port = self.port, "orders service listening");
-        let served = axum::serve(listener, routes::router(state, config.body_limit))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
-        // A server error ends the service too.
-        shutdown.cancel();
+        let connections = state.ops.connections();
+        let service = TowerToHyperService::new(routes::router(state, config.body_limit));
+        common::server::serve(
+            listener,
+            service,
+            config.http,
+            connections,
+            shutdown.clone(),
+        )
+        .await;
         while listeners.join_next().await.is_some() {}
         relay_stop.cancel();
         if let Err(e) = relay.await {
@@ -267,7 +272,7 @@ impl Application {
             tracing::warn!(error = %ErrorChain(&e), "draining NATS failed");
         }
         tracing::info!("orders service stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }
 

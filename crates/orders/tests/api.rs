@@ -5,6 +5,7 @@
 mod api {
     pub mod helpers;
 
+    mod limits;
     mod listeners;
     mod ops;
     mod outbox;

@@ -40,6 +40,12 @@ pub enum ApiError {
     /// 404 `Not Found`.
     #[error("Not Found")]
     NotFound,
+    /// 408: the request body did not arrive in time.
+    #[error("request body timed out")]
+    RequestTimeout,
+    /// 413: the request body is over the limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
     /// 503: a dependency (database, NATS) did not answer; the client may retry.
     #[error("service unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -65,6 +71,8 @@ impl ApiError {
             ApiError::Validation(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotAuthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -83,6 +91,8 @@ impl ApiError {
             ApiError::BadRequest(text) => message(text),
             ApiError::NotAuthorized => message("Not authorized"),
             ApiError::NotFound => message("Not Found"),
+            ApiError::RequestTimeout => message("Request body timed out"),
+            ApiError::PayloadTooLarge => message("Request body too large"),
             ApiError::Unavailable(_) => message("Service temporarily unavailable, please retry"),
             ApiError::Internal(_) => message("Something went wrong"),
         }
@@ -115,26 +125,30 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A body that is not JSON, or not of the expected shape, is the client's fault: 400.
+/// A body that is not JSON, or not of the expected shape, is the client's fault: 400 with a
+/// short neutral message (the parser's own words name our types and fields). A body over the
+/// size limit is 413.
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge;
+        }
         let message = match rejection {
             JsonRejection::MissingJsonContentType(_) => {
-                "Expected a JSON body (Content-Type: application/json)".to_owned()
+                "Expected a JSON body (Content-Type: application/json)"
             }
-            JsonRejection::JsonSyntaxError(_) => "Malformed JSON body".to_owned(),
-            JsonRejection::JsonDataError(e) => format!("Invalid JSON body: {}", e.body_text()),
-            JsonRejection::BytesRejection(_) => "Request body too large or unreadable".to_owned(),
-            other => other.body_text(),
+            JsonRejection::JsonSyntaxError(_) => "Malformed JSON body",
+            JsonRejection::JsonDataError(_) => "Invalid JSON body",
+            _ => "Unreadable request body",
         };
-        ApiError::BadRequest(message)
+        ApiError::BadRequest(message.to_owned())
     }
 }
 
 /// A path segment that does not parse is a malformed request: 400.
 impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::BadRequest(rejection.body_text())
+    fn from(_: PathRejection) -> Self {
+        ApiError::BadRequest("Invalid path".to_owned())
     }
 }
 

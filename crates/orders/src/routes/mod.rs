@@ -36,11 +36,19 @@ pub struct AppState {
     pub ops: Arc<Ops>,
     /// How long a new order holds its ticket.
     pub expiration_window: Duration,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl FromRef<AppState> for JwtKey {
     fn from_ref(state: &AppState) -> Self {
         state.jwt_key.clone()
+    }
+}
+
+impl FromRef<AppState> for body::BodyTimeout {
+    fn from_ref(state: &AppState) -> Self {
+        body::BodyTimeout(state.body_timeout)
     }
 }
 

@@ -429,6 +429,32 @@ async fn bodies_that_are_not_json_are_400_in_the_error_shape() {
 }
 
 #[tokio::test]
+async fn a_rejected_body_gets_a_short_neutral_message_not_the_parsers_words() {
+    let app = TestApp::spawn().await;
+    let (cookie, _) = signed_in();
+    for (body, expected) in [
+        ("{\"ticketId\": ", "Malformed JSON body"),
+        (r#""just a string""#, "Invalid JSON body"),
+        (
+            r#"{"ticketId": "6745a1d2c2b1a4d5e6f70810", "ticketId": "6745a1d2c2b1a4d5e6f70811"}"#,
+            "Invalid JSON body",
+        ),
+    ] {
+        let answer = app
+            .send(
+                Method::POST,
+                "/api/orders",
+                &[("cookie", &cookie), ("content-type", "application/json")],
+                Some(Bytes::from(body.to_owned())),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer.messages(), [expected], "{body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_oversized_body_is_rejected_with_413_in_the_error_shape() {
     let app = TestApp::spawn().await;
     let (cookie, _) = signed_in();
