@@ -6,20 +6,22 @@
 //! - [`bus`]: NATS JetStream: connecting, making sure the stream exists, the generic
 //!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
 //! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
-//! - [`env`]: the environment variables a binary reads, printed by `--env-vars`.
+//! - [`config`]: settings declared once with clap: `--help`, `--env-vars`, one-line errors.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, served on a worker's ops port.
 //! - [`server`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
 //! - [`telemetry`]: `tracing` set-up (pretty or JSON by `LOG_FORMAT`, level by `RUST_LOG`).
-//! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token.
+//! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token; [`service`]: the `main` both
+//!   services share (settings, logging, signals, build, run, exit code).
 //! - `testing` (feature `testing`): the local stack's addresses and a private stream per test.
 
 pub mod bus;
-pub mod env;
+pub mod config;
 pub mod events;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod ops;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

@@ -216,7 +216,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(ops.serve(listener, ServerLimits::OPS, shutdown.clone()));
+        let limits = ServerLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 64,
+        };
+        let server = tokio::spawn(ops.serve(listener, limits, shutdown.clone()));
 
         let get = |path: &'static str| async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::env::EnvVar;
+use crate::config::parse;
 
 /// The limits of one server.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,86 +40,30 @@ pub struct ServerLimits {
     pub max_connections: usize,
 }
 
-impl ServerLimits {
-    /// Defaults for a public API: 10 s for headers and for a body, 1024 connections.
-    pub const API: ServerLimits = ServerLimits {
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(10),
-        max_connections: 1024,
-    };
-
-    /// Defaults for an ops port (probes and Prometheus): 10 s, 64 connections.
-    pub const OPS: ServerLimits = ServerLimits {
-        header_timeout: Duration::from_secs(10),
-        body_timeout: Duration::from_secs(10),
-        max_connections: 64,
-    };
-
-    /// Reads `HTTP_HEADER_TIMEOUT_SECONDS`, `HTTP_BODY_TIMEOUT_SECONDS` and
-    /// `HTTP_MAX_CONNECTIONS` through `lookup`, falling back to `defaults`.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        defaults: ServerLimits,
-    ) -> Result<Self, String> {
-        let value = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let seconds = |name: &str, default: Duration| match value(name) {
-            None => Ok(default),
-            Some(text) => text
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| {
-                    format!("{name} `{text}` is not a number of seconds between 0 and 3600")
-                }),
-        };
-        let max_connections = match value("HTTP_MAX_CONNECTIONS") {
-            None => defaults.max_connections,
-            Some(text) => text
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1_000_000).contains(n))
-                .ok_or_else(|| {
-                    format!("HTTP_MAX_CONNECTIONS `{text}` is not a whole number from 1 to 1000000")
-                })?,
-        };
-        Ok(ServerLimits {
-            header_timeout: seconds("HTTP_HEADER_TIMEOUT_SECONDS", defaults.header_timeout)?,
-            body_timeout: seconds("HTTP_BODY_TIMEOUT_SECONDS", defaults.body_timeout)?,
-            max_connections,
-        })
-    }
+/// The HTTP settings of a binary's server, its default connection cap being `MAX_CONNECTIONS`
+/// (1024 for the orders API, 64 for an ops port).
+#[derive(Debug, Clone, Copy, PartialEq, clap::Args)]
+pub struct HttpArgs<const MAX_CONNECTIONS: usize> {
+    /// A connection that has not sent a complete request head this many seconds after opening, or after its last answer (keep-alive), is closed
+    #[arg(id = "http_header_timeout", value_name = "SECONDS", long = "http-header-timeout-seconds", env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value = "10", value_parser = parse::fractional_seconds)]
+    pub header_timeout: Duration,
+    /// Longest a request body may take to arrive, in seconds; 408 after
+    #[arg(id = "http_body_timeout", value_name = "SECONDS", long = "http-body-timeout-seconds", env = "HTTP_BODY_TIMEOUT_SECONDS", default_value = "10", value_parser = parse::fractional_seconds)]
+    pub body_timeout: Duration,
+    /// Most open connections; past it, new ones wait to be accepted
+    #[arg(id = "http_max_connections", value_name = "N", long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS, value_parser = parse::positive::<usize>)]
+    pub max_connections: usize,
 }
 
-/// Read by [`ServerLimits::from_lookup`], with the defaults of [`ServerLimits::API`].
-pub const HTTP_API: [EnvVar; 3] = http_vars("1024");
-
-/// Read by [`ServerLimits::from_lookup`], with the defaults of [`ServerLimits::OPS`].
-pub const HTTP_OPS: [EnvVar; 3] = http_vars("64");
-
-const fn http_vars(max_connections: &'static str) -> [EnvVar; 3] {
-    [
-        EnvVar {
-            name: "HTTP_HEADER_TIMEOUT_SECONDS",
-            required: false,
-            default: Some("10"),
-            about: "a connection that has not sent a complete request head this long after opening, or after its last answer (keep-alive), is closed",
-        },
-        EnvVar {
-            name: "HTTP_BODY_TIMEOUT_SECONDS",
-            required: false,
-            default: Some("10"),
-            about: "longest a request body may take to arrive; 408 after",
-        },
-        EnvVar {
-            name: "HTTP_MAX_CONNECTIONS",
-            required: false,
-            default: Some(max_connections),
-            about: "most open connections; past it new ones wait to be accepted",
-        },
-    ]
+impl<const MAX_CONNECTIONS: usize> HttpArgs<MAX_CONNECTIONS> {
+    /// The limits these settings give.
+    pub fn limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// Serves `service` on `listener` within `limits` until `shutdown` is cancelled; `open` counts
@@ -290,43 +234,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(open.get(), 0);
         shutdown.cancel();
-    }
-
-    fn lookup(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let pairs = pairs.to_vec();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
-    #[test]
-    fn limits_come_from_the_environment_or_the_defaults() {
-        assert_eq!(
-            ServerLimits::from_lookup(lookup(&[]), ServerLimits::OPS),
-            Ok(ServerLimits::OPS)
-        );
-        let limits = ServerLimits::from_lookup(
-            lookup(&[
-                ("HTTP_HEADER_TIMEOUT_SECONDS", "0.5"),
-                ("HTTP_MAX_CONNECTIONS", "20"),
-            ]),
-            ServerLimits::API,
-        )
-        .unwrap();
-        assert_eq!(limits.header_timeout, Duration::from_millis(500));
-        assert_eq!(limits.body_timeout, Duration::from_secs(10));
-        assert_eq!(limits.max_connections, 20);
-        for (name, bad) in [
-            ("HTTP_HEADER_TIMEOUT_SECONDS", "soon"),
-            ("HTTP_BODY_TIMEOUT_SECONDS", "-1"),
-            ("HTTP_MAX_CONNECTIONS", "0"),
-        ] {
-            let error =
-                ServerLimits::from_lookup(lookup(&[(name, bad)]), ServerLimits::API).unwrap_err();
-            assert!(error.starts_with(name), "{error}");
-        }
     }
 }

@@ -4,13 +4,55 @@ use std::fmt;
 
 use tracing_subscriber::{EnvFilter, fmt as layer_fmt, prelude::*};
 
-/// Installs the global subscriber: JSON lines when `LOG_FORMAT=json`, human-readable otherwise;
-/// the level comes from `RUST_LOG` (default `info`). Calling it twice is harmless.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+/// How the log looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The logging settings every binary reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `json` for one JSON object per line, `pretty` for people
+    #[arg(
+        id = "log_format",
+        value_name = "FORMAT",
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_enum,
+        ignore_case = true,
+        default_value = "pretty"
+    )]
+    pub format: LogFormat,
+    /// Log filter, e.g. `info,orders=debug`
+    #[arg(id = "log_filter", value_name = "FILTER", long = "log", env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    pub filter: String,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        LogArgs {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+fn log_filter(value: &str) -> Result<String, crate::config::Expected> {
+    EnvFilter::try_new(value)
+        .map(|_| value.to_owned())
+        .map_err(|_| crate::config::Expected("a log filter such as `info,orders=debug`".into()))
+}
+
+/// Installs the global subscriber with `args`. Calling it twice is harmless.
+pub fn init(args: &LogArgs) {
+    let filter = EnvFilter::try_new(&args.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = if json {
+    let _ = if args.format == LogFormat::Json {
         registry
             .with(
                 layer_fmt::layer()
@@ -23,6 +65,17 @@ pub fn init() {
     } else {
         registry.with(layer_fmt::layer()).try_init()
     };
+}
+
+/// Logging as the process environment says (`LOG_FORMAT`, `RUST_LOG`), for tests and tools
+/// that have no settings of their own.
+pub fn init_from_env() {
+    let format = match std::env::var("LOG_FORMAT") {
+        Ok(format) if format.eq_ignore_ascii_case("json") => LogFormat::Json,
+        _ => LogFormat::Pretty,
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    init(&LogArgs { format, filter });
 }
 
 /// Displays an error with its whole `source()` chain: `outer: middle: root`.

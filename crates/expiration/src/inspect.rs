@@ -2,7 +2,48 @@
 
 use std::fmt::Write;
 
+use clap::{Parser, Subcommand};
+use common::config::Settings;
+
+use crate::config::RedisConfig;
 use crate::queue::{DeadJob, Queue, QueueError, Stats, from_ms};
+
+/// Shows the expiration queue: pending jobs, the next due time, dead-lettered jobs; or makes
+/// dead-lettered jobs due again.
+#[derive(Debug, Parser)]
+#[command(name = "expiration inspect", version, long_about = None)]
+pub struct Inspect {
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+impl Settings for Inspect {}
+
+/// What to do besides showing the queue.
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Make dead-lettered jobs due now (all of them when no id is given)
+    Requeue {
+        /// Order ids of the jobs to requeue
+        ids: Vec<String>,
+    },
+}
+
+impl Inspect {
+    /// Connects to the queue and does what was asked; the text to print.
+    pub async fn run(self) -> Result<String, QueueError> {
+        let queue = Queue::connect(&self.redis.url(), self.redis.queue()).await?;
+        Ok(match self.action {
+            None => report(&queue).await?.to_string(),
+            Some(Action::Requeue { ids }) => {
+                let count = queue.requeue_dead(&ids).await?;
+                format!("requeued {count} dead-lettered job(s)\n")
+            }
+        })
+    }
+}
 
 /// A snapshot of the queue for people.
 #[derive(Debug, Clone)]

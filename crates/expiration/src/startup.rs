@@ -3,12 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
-use common::bus::{
-    self, BusError, BusMetrics, Listener, ListenerOptions, Publisher, StreamSpec, run_listener,
-};
+use common::bus::{self, BusError, BusMetrics, Publisher};
 use common::ops::Ops;
 use common::telemetry::ErrorChain;
 use prometheus_client::registry::Registry;
@@ -22,7 +19,7 @@ use crate::publish::PublishExpiration;
 use crate::queue::{Queue, QueueError};
 use crate::worker::Worker;
 
-/// Why the worker could not start.
+/// Why the worker could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("cannot reach Redis")]
@@ -35,6 +32,8 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("a task of the worker failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// A built worker, connected and listening on its ops port, not yet running.
@@ -52,32 +51,23 @@ pub struct Application {
 impl Application {
     /// Connects to Redis and NATS, makes sure the stream exists and binds the ops port.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let queue = Queue::connect(&config.redis.url, config.redis.queue.clone())
+        let queue = Queue::connect(&config.redis.url(), config.redis.queue())
             .await
             .map_err(StartupError::Redis)?;
-        let client = bus::connect(&config.nats).await?;
+        let client = bus::connect(&config.nats, "expiration").await?;
         let js = jetstream::new(client.clone());
-        bus::ensure_stream(&js, &config.nats.stream).await?;
+        bus::ensure_stream(&js, &config.nats.stream()).await?;
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let bus_metrics = BusMetrics::register(&mut registry);
         let redis = queue.clone();
-        let nats = client.clone();
         let ops = Ops::new(registry)
             .with_check("redis", move || {
                 let redis = redis.clone();
                 async move { redis.ping().await.map_err(|e| ErrorChain(&e).to_string()) }
             })
-            .with_check("nats", move || {
-                let state = nats.connection_state();
-                async move {
-                    match state {
-                        async_nats::connection::State::Connected => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    }
-                }
-            });
+            .with_check("nats", bus::connection_check(client.clone()));
         let ops_listener = TcpListener::bind(("0.0.0.0", config.ops_port))
             .await
             .map_err(|source| StartupError::OpsPort {
@@ -109,8 +99,8 @@ impl Application {
     }
 
     /// Runs until `shutdown`: then stops claiming and listening, finishes the publishes in
-    /// flight, drains NATS and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// flight, drains NATS and returns; an error if one of its tasks failed.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let Application {
             config,
             queue,
@@ -124,64 +114,44 @@ impl Application {
         // The ops server outlives the worker so /healthz answers during the drain.
         let ops_shutdown = CancellationToken::new();
         let ops_task =
-            tokio::spawn(ops.serve(ops_listener, config.ops_limits, ops_shutdown.clone()));
+            tokio::spawn(ops.serve(ops_listener, config.ops_http.limits(), ops_shutdown.clone()));
         let wakes = tokio::spawn(queue.clone().watch_wakes(shutdown.clone()));
 
         let mut options = config.nats.listener_options();
         options.metrics = Some(bus_metrics.clone());
-        let created = tokio::spawn(supervise(
+        let created = tokio::spawn(bus::supervise(
             js.clone(),
             Arc::new(OrderCreatedListener::new(queue.clone(), metrics.clone())),
             options.clone(),
             shutdown.clone(),
         ));
-        let cancelled = tokio::spawn(supervise(
+        let cancelled = tokio::spawn(bus::supervise(
             js.clone(),
             Arc::new(OrderCancelledListener::new(queue.clone(), metrics.clone())),
             options,
             shutdown.clone(),
         ));
 
-        let publisher = Publisher::new(js, config.nats.stream.clone(), Some(bus_metrics));
-        let handler = PublishExpiration::new(publisher, config.publish_timeout);
-        let worker = Worker::new(queue, handler, config.worker.clone(), metrics);
-        tracing::info!(queue = %config_queue(&config.nats.stream, &config), "expiration worker running");
-        worker.run(shutdown.clone()).await;
+        let stream = config.nats.stream();
+        let publisher = Publisher::new(js, stream.clone(), Some(bus_metrics));
+        let handler = PublishExpiration::new(publisher, config.worker.publish_timeout);
+        let worker = Worker::new(queue, handler, config.worker.options(), metrics);
+        tracing::info!(queue = %config.redis.queue().tag(), stream = %stream.name, "expiration worker running");
+        // A worker that fails takes the listeners down with it, so that the process exits.
+        let worker = tokio::spawn(worker.run(shutdown.clone()));
+        let worker = worker.await;
+        shutdown.cancel();
 
-        let _ = tokio::join!(created, cancelled, wakes);
+        let (created, cancelled, wakes) = tokio::join!(created, cancelled, wakes);
         if let Err(e) = client.drain().await {
             tracing::warn!(error = %ErrorChain(&e), "cannot drain NATS");
         }
         ops_shutdown.cancel();
-        let _ = ops_task.await;
+        let ops = ops_task.await;
+        for result in [worker, created, cancelled, wakes, ops] {
+            result.map_err(StartupError::Task)?;
+        }
         tracing::info!("expiration worker stopped");
-    }
-}
-
-fn config_queue(stream: &StreamSpec, config: &Config) -> String {
-    format!("{} on stream {}", config.redis.queue.tag(), stream.name)
-}
-
-/// Runs a listener until `shutdown`, restarting it when it stops on an error (NATS away long
-/// enough for the consumer lookup to fail): the worker keeps firing meanwhile.
-async fn supervise<L: Listener>(
-    js: jetstream::Context,
-    listener: Arc<L>,
-    options: ListenerOptions,
-    shutdown: CancellationToken,
-) {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match run_listener(&js, listener.clone(), &options, shutdown.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), ?pause, "listener stopped; restarting it");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
+        Ok(())
     }
 }

@@ -1,214 +1,115 @@
-//! The service's settings, read from the environment once at start and validated there.
+//! The service's settings: each declared once below, with its environment variable, default and
+//! help (`orders --help`, `orders --env-vars`); read and validated once at start.
 
 use std::fmt;
 use std::time::Duration;
 
-use common::bus::{BusError, NatsConfig};
-use common::env::{EnvVar, NATS, TELEMETRY};
+use clap::Parser;
+use common::bus::NatsConfig;
+use common::config::{Expected, Settings, parse, redact_url};
 use common::http::JwtKey;
-use common::server::{HTTP_API, ServerLimits};
+use common::server::HttpArgs;
+use common::telemetry::LogArgs;
 
 /// Database used when `MONGO_URI` names none (`mongodb://host:27017`).
 pub const DEFAULT_DATABASE: &str = "orders";
 
-/// The variables [`Config::from_env`] reads itself (NATS and logging ones come from `common`).
-pub const ORDERS_VARS: [EnvVar; 5] = [
-    EnvVar {
-        name: "MONGO_URI",
-        required: true,
-        default: None,
-        about: "MongoDB URI; its path names the database (`orders` when absent)",
-    },
-    EnvVar {
-        name: "JWT_KEY",
-        required: true,
-        default: None,
-        about: "HS256 secret shared with the auth service; never logged",
-    },
-    EnvVar {
-        name: "EXPIRATION_WINDOW_SECONDS",
-        required: false,
-        default: Some("900"),
-        about: "how long a new order holds its ticket",
-    },
-    EnvVar {
-        name: "PORT",
-        required: false,
-        default: Some("3000"),
-        about: "HTTP port of the API and of /healthz, /readyz, /metrics",
-    },
-    EnvVar {
-        name: "ORDERS_FAULT_HOLD_AFTER_CLAIM",
-        required: false,
-        default: Some("false"),
-        about: "tests only: claim order changes but never apply them, as a crash would leave them",
-    },
-];
-
-/// Every variable the `orders` binary reads, as `orders --env-vars` prints them.
-pub fn env_vars() -> Vec<EnvVar> {
-    ORDERS_VARS
-        .iter()
-        .chain(NATS.iter())
-        .chain(HTTP_API.iter())
-        .chain(TELEMETRY.iter())
-        .copied()
-        .collect()
-}
-
-/// Everything the service needs to start.
-#[derive(Clone)]
+/// The orders service: buyers reserve tickets (SPEC.md section 4), orders expire unless paid.
+#[derive(Clone, Parser)]
+#[command(name = "orders", version, about, long_about = None)]
 pub struct Config {
-    /// `MONGO_URI`, the database name taken from its path.
-    pub mongo_uri: String,
-    /// The database holding `orders` and `tickets`.
-    pub database: String,
-    /// `JWT_KEY`, shared with the auth service.
+    /// MongoDB URI; its path names the database (`orders` when absent)
+    #[arg(long = "mongo-uri", env = "MONGO_URI", hide_env_values = true, value_parser = MongoUri::parse)]
+    pub mongo: MongoUri,
+    /// HS256 secret shared with the auth service; never logged
+    #[arg(long = "jwt-key", env = "JWT_KEY", hide_env_values = true, value_parser = jwt_key)]
     pub jwt_key: JwtKey,
-    /// `NATS_URL`, `NATS_CLIENT_ID`, `NATS_CLUSTER_ID`, `NATS_SUBJECT_PREFIX`.
-    pub nats: NatsConfig,
-    /// `EXPIRATION_WINDOW_SECONDS`: how long a new order holds its ticket.
+    /// How long a new order holds its ticket, in seconds
+    #[arg(long = "expiration-window-seconds", env = "EXPIRATION_WINDOW_SECONDS", default_value = "900", value_parser = parse::seconds)]
     pub expiration_window: Duration,
-    /// `PORT`; 0 picks a free port (tests).
+    /// HTTP port of the API and of /healthz, /readyz, /metrics (0: any free port)
+    #[arg(long, env = "PORT", default_value = "3000", value_parser = parse::port)]
     pub port: u16,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub http: HttpArgs<1024>,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Tests only: claim order changes but never apply them, as a crash would leave them
+    #[arg(long = "fault-hold-after-claim", env = "ORDERS_FAULT_HOLD_AFTER_CLAIM", default_value = "false", value_parser = parse::boolean, hide = true)]
+    pub fault_hold_after_claim: bool,
     /// Largest request body accepted.
+    #[arg(skip = 16 * 1024_usize)]
     pub body_limit: usize,
-    /// The API server's header and body timeouts and connection cap.
-    pub http: ServerLimits,
     /// How soon the outbox relay retries events a request could not publish.
+    #[arg(skip = Duration::from_secs(1))]
     pub relay_retry: Duration,
     /// How often the relay looks for stray events while none are known (a safety net).
+    #[arg(skip = Duration::from_secs(60))]
     pub relay_sweep: Duration,
     /// Longest a request waits for JetStream before leaving its events to the relay.
+    #[arg(skip = Duration::from_secs(2))]
     pub publish_timeout: Duration,
-    /// `ORDERS_FAULT_HOLD_AFTER_CLAIM`, for crash tests: claimed changes are never applied by
-    /// their claimer.
-    pub fault_hold_after_claim: bool,
 }
 
-/// A setting that is missing or invalid; the message names the variable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0} must be set")]
-    Missing(&'static str),
-    #[error("{name} is invalid: {reason}")]
-    Invalid { name: &'static str, reason: String },
-    #[error(transparent)]
-    Nats(#[from] BusError),
-    #[error("{0}")]
-    Http(String),
-}
+impl Settings for Config {}
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("mongo_uri", &redact_credentials(&self.mongo_uri))
-            .field("database", &self.database)
+            .field("mongo", &self.mongo)
             .field("jwt_key", &self.jwt_key)
-            .field("nats", &self.nats)
             .field("expiration_window", &self.expiration_window)
             .field("port", &self.port)
-            .field("body_limit", &self.body_limit)
+            .field("nats", &self.nats)
             .field("http", &self.http)
-            .field("relay_retry", &self.relay_retry)
-            .field("relay_sweep", &self.relay_sweep)
-            .field("publish_timeout", &self.publish_timeout)
             .field("fault_hold_after_claim", &self.fault_hold_after_claim)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
-impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
+fn jwt_key(value: &str) -> Result<JwtKey, Expected> {
+    parse::non_empty(value).map(|key| JwtKey::new(key.as_bytes()))
+}
 
-    /// Reads settings through `lookup` (the environment, or a test's map).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let non_empty = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let jwt_key = non_empty("JWT_KEY").ok_or(ConfigError::Missing("JWT_KEY"))?;
-        let mongo_uri = non_empty("MONGO_URI").ok_or(ConfigError::Missing("MONGO_URI"))?;
-        let database = database_from_uri(&mongo_uri)?;
-        let nats = NatsConfig::from_lookup(&lookup, "orders")?;
-        let expiration_seconds: u64 = parse_or(
-            non_empty("EXPIRATION_WINDOW_SECONDS"),
-            "EXPIRATION_WINDOW_SECONDS",
-            900,
-        )?;
-        let port: u16 = parse_or(non_empty("PORT"), "PORT", 3000)?;
-        let http =
-            ServerLimits::from_lookup(&lookup, ServerLimits::API).map_err(ConfigError::Http)?;
-        let fault_hold_after_claim: bool = parse_or(
-            non_empty("ORDERS_FAULT_HOLD_AFTER_CLAIM"),
-            "ORDERS_FAULT_HOLD_AFTER_CLAIM",
-            false,
-        )?;
-        Ok(Config {
-            mongo_uri,
-            database,
-            jwt_key: JwtKey::new(jwt_key.as_bytes()),
-            nats,
-            expiration_window: Duration::from_secs(expiration_seconds),
-            port,
-            body_limit: 16 * 1024,
-            http,
-            relay_retry: Duration::from_secs(1),
-            relay_sweep: Duration::from_secs(60),
-            publish_timeout: Duration::from_secs(2),
-            fault_hold_after_claim,
-        })
+/// `MONGO_URI` and the database its path names. `Debug` hides any password.
+#[derive(Clone)]
+pub struct MongoUri {
+    pub uri: String,
+    pub database: String,
+}
+
+impl fmt::Debug for MongoUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (database {})", redact_url(&self.uri), self.database)
     }
 }
 
-fn parse_or<T: std::str::FromStr>(
-    value: Option<String>,
-    name: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T::Err: fmt::Display,
-{
-    match value {
-        None => Ok(default),
-        Some(value) => value
-            .trim()
-            .parse()
-            .map_err(|e: T::Err| ConfigError::Invalid {
-                name,
-                reason: format!("`{value}`: {e}"),
-            }),
-    }
-}
-
-/// The database named by the URI's path (`mongodb://host:27017/orders?opts` → `orders`).
-pub fn database_from_uri(uri: &str) -> Result<String, ConfigError> {
-    let invalid = |reason: &str| ConfigError::Invalid {
-        name: "MONGO_URI",
-        reason: reason.to_owned(),
-    };
-    let rest = uri
-        .strip_prefix("mongodb://")
-        .or_else(|| uri.strip_prefix("mongodb+srv://"))
-        .ok_or_else(|| invalid("must start with mongodb:// or mongodb+srv://"))?;
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let path = rest.split_once('/').map_or("", |(_, path)| path);
-    if path.is_empty() {
-        return Ok(DEFAULT_DATABASE.to_owned());
-    }
-    if path.contains(['/', '\\', '.', ' ', '"', '$']) {
-        return Err(invalid("the database name in its path is not valid"));
-    }
-    Ok(path.to_owned())
-}
-
-/// The URI with any `user:password@` replaced, for logs.
-pub fn redact_credentials(uri: &str) -> String {
-    match (uri.find("://"), uri.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}<redacted>{}", &uri[..scheme_end + 3], &uri[at..])
+impl MongoUri {
+    /// A `mongodb://` or `mongodb+srv://` URI; the database from its path
+    /// (`mongodb://host:27017/orders?opts` → `orders`), [`DEFAULT_DATABASE`] when it has none.
+    pub fn parse(uri: &str) -> Result<Self, Expected> {
+        let rest = uri
+            .strip_prefix("mongodb://")
+            .or_else(|| uri.strip_prefix("mongodb+srv://"))
+            .ok_or_else(|| Expected("a URI starting with mongodb:// or mongodb+srv://".into()))?;
+        let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+        let path = rest.split_once('/').map_or("", |(_, path)| path);
+        if path.contains(['/', '\\', '.', ' ', '"', '$']) {
+            return Err(Expected(
+                "a database name without / \\ . space \" or $ in the URI's path".into(),
+            ));
         }
-        _ => uri.to_owned(),
+        let database = if path.is_empty() {
+            DEFAULT_DATABASE
+        } else {
+            path
+        };
+        Ok(MongoUri {
+            uri: uri.to_owned(),
+            database: database.to_owned(),
+        })
     }
 }
 
@@ -235,11 +136,13 @@ mod tests {
     #[test]
     fn reads_the_node_manifests_variables_with_their_defaults() {
         let config = Config::from_lookup(lookup(&BASE)).unwrap();
-        assert_eq!(config.database, "orders");
+        assert_eq!(config.mongo.database, "orders");
         assert_eq!(config.port, 3000);
         assert_eq!(config.expiration_window, Duration::from_secs(900));
         assert_eq!(config.nats.url, "nats://nats-srv:4222");
-        assert_eq!(config.nats.stream.name, "ticketing");
+        assert_eq!(config.nats.stream().name, "ticketing");
+        assert_eq!(config.http.max_connections, 1024);
+        assert_eq!(config.body_limit, 16 * 1024);
         let mut pairs = BASE.to_vec();
         pairs.extend([("PORT", "8080"), ("EXPIRATION_WINDOW_SECONDS", "60")]);
         let config = Config::from_lookup(lookup(&pairs)).unwrap();
@@ -250,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn names_the_missing_or_invalid_variable() {
+    fn names_the_missing_or_invalid_variable_in_one_line() {
         for missing in ["JWT_KEY", "MONGO_URI", "NATS_URL"] {
             let pairs: Vec<_> = BASE
                 .iter()
@@ -258,41 +161,39 @@ mod tests {
                 .filter(|(k, _)| *k != missing)
                 .collect();
             let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
-            assert!(error.contains(missing), "{error}");
+            assert!(
+                error.starts_with(&format!("{missing} must be set")),
+                "{error}"
+            );
         }
         let mut pairs = BASE.to_vec();
         pairs.push(("EXPIRATION_WINDOW_SECONDS", "soon"));
         let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
-        assert!(error.contains("EXPIRATION_WINDOW_SECONDS"), "{error}");
+        assert_eq!(
+            error,
+            "EXPIRATION_WINDOW_SECONDS=`soon` is invalid: expected a whole number of seconds, at least 1"
+        );
+        let mut pairs = BASE.to_vec();
+        pairs[1] = ("MONGO_URI", "postgres://admin:hunter2@h/x");
+        let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        assert!(
+            error.starts_with("MONGO_URI=`postgres://<redacted>@h/x` is invalid"),
+            "{error}"
+        );
     }
 
     #[test]
     fn takes_the_database_from_the_uri_path() {
-        assert_eq!(database_from_uri("mongodb://h:1/shop").unwrap(), "shop");
+        let database = |uri| MongoUri::parse(uri).map(|m| m.database);
+        assert_eq!(database("mongodb://h:1/shop").unwrap(), "shop");
         assert_eq!(
-            database_from_uri("mongodb://u:p@h:1,h2:2/shop?replicaSet=rs").unwrap(),
+            database("mongodb://u:p@h:1,h2:2/shop?replicaSet=rs").unwrap(),
             "shop"
         );
-        assert_eq!(database_from_uri("mongodb://h:1").unwrap(), "orders");
-        assert_eq!(database_from_uri("mongodb://h:1/?w=1").unwrap(), "orders");
-        assert!(database_from_uri("postgres://h/x").is_err());
-        assert!(database_from_uri("mongodb://h:1/a.b").is_err());
-    }
-
-    #[test]
-    fn env_vars_lists_exactly_the_variables_the_config_reads() {
-        let read = std::sync::Mutex::new(Vec::new());
-        let _ = Config::from_lookup(|name| {
-            read.lock().unwrap().push(name.to_owned());
-            lookup(&BASE)(name)
-        });
-        let mut read = read.into_inner().unwrap();
-        read.extend(TELEMETRY.iter().map(|var| var.name.to_owned()));
-        read.sort();
-        read.dedup();
-        let mut listed: Vec<_> = env_vars().iter().map(|var| var.name.to_owned()).collect();
-        listed.sort();
-        assert_eq!(read, listed);
+        assert_eq!(database("mongodb://h:1").unwrap(), "orders");
+        assert_eq!(database("mongodb://h:1/?w=1").unwrap(), "orders");
+        assert!(database("postgres://h/x").is_err());
+        assert!(database("mongodb://h:1/a.b").is_err());
     }
 
     #[test]

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::connection::State;
 use async_nats::jetstream;
-use common::bus::{self, BusError, Listener, ListenerOptions, Publisher};
+use common::bus::{self, BusError, Publisher};
+use common::config::redact_url;
 use common::ops::Ops;
 use common::telemetry::ErrorChain;
 use hyper_util::service::TowerToHyperService;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, redact_credentials};
+use crate::config::Config;
 use crate::listeners::{
     ExpirationCompleteListener, PaymentCreatedListener, TicketCreatedListener,
     TicketUpdatedListener,
@@ -29,7 +29,7 @@ use crate::models::{self, Orders, PublishedEvents, StoreError, Tickets};
 use crate::outbox::{Outbox, RelaySchedule};
 use crate::routes::{self, AppState};
 
-/// Why the service could not start or stopped with an error.
+/// Why the service could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("invalid MONGO_URI `{uri}`")]
@@ -54,6 +54,8 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the outbox relay failed")]
+    Relay(#[source] tokio::task::JoinError),
 }
 
 /// A built service, bound to its port, ready to [`run`](Application::run).
@@ -65,15 +67,14 @@ pub struct Application {
     nats: async_nats::Client,
     js: jetstream::Context,
     config: Config,
-    shutdown: CancellationToken,
 }
 
 impl Application {
     /// Connects to MongoDB (creating the indexes) and NATS (creating the stream), and binds the
-    /// port. The service stops when `shutdown` is cancelled.
-    pub async fn build(config: Config, shutdown: CancellationToken) -> Result<Self, StartupError> {
-        let uri = redact_credentials(&config.mongo_uri);
-        let mut options = ClientOptions::parse(&config.mongo_uri)
+    /// port.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let uri = redact_url(&config.mongo.uri);
+        let mut options = ClientOptions::parse(&config.mongo.uri)
             .await
             .map_err(|source| StartupError::MongoUri {
                 uri: uri.clone(),
@@ -87,7 +88,7 @@ impl Application {
                 uri: uri.clone(),
                 source,
             })?;
-        let database = client.database(&config.database);
+        let database = client.database(&config.mongo.database);
         database
             .run_command(doc! { "ping": 1 })
             .await
@@ -96,9 +97,9 @@ impl Application {
             .await
             .map_err(StartupError::Indexes)?;
 
-        let nats = bus::connect(&config.nats).await?;
+        let nats = bus::connect(&config.nats, "orders").await?;
         let js = jetstream::new(nats.clone());
-        bus::ensure_stream(&js, &config.nats.stream).await?;
+        bus::ensure_stream(&js, &config.nats.stream()).await?;
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -109,11 +110,7 @@ impl Application {
             );
             orders = orders.holding_claimed_changes();
         }
-        let publisher = Publisher::new(
-            js.clone(),
-            config.nats.stream.clone(),
-            Some(metrics.bus.clone()),
-        );
+        let publisher = Publisher::new(js.clone(), config.nats.stream(), Some(metrics.bus.clone()));
         let outbox = Arc::new(Outbox::new(
             orders.clone(),
             PublishedEvents::new(&database),
@@ -135,18 +132,7 @@ impl Application {
                     }
                 }
             })
-            .with_check("nats", {
-                let nats = nats.clone();
-                move || {
-                    let state = nats.connection_state();
-                    async move {
-                        match state {
-                            State::Connected => Ok(()),
-                            other => Err(other.to_string()),
-                        }
-                    }
-                }
-            });
+            .with_check("nats", bus::connection_check(nats.clone()));
         let state = AppState {
             orders,
             tickets: Tickets::new(&database),
@@ -174,7 +160,6 @@ impl Application {
             nats,
             js,
             config,
-            shutdown,
         })
     }
 
@@ -188,60 +173,57 @@ impl Application {
         &self.database
     }
 
-    /// Serves the API, runs the listeners and the outbox relay until shutdown; then stops
-    /// accepting, lets requests and messages in hand finish, flushes the outbox and drains NATS.
-    pub async fn run(self) -> Result<(), StartupError> {
+    /// Serves the API, runs the listeners and the outbox relay until `shutdown` is cancelled;
+    /// then stops accepting, lets requests and messages in hand finish, flushes the outbox and
+    /// drains NATS.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let Application {
             listener,
             state,
             nats,
             js,
             config,
-            shutdown,
+            port,
             ..
         } = self;
         let mut options = config.nats.listener_options();
         options.metrics = Some(state.metrics.bus.clone());
         let mut listeners = JoinSet::new();
-        spawn_listener(
-            &mut listeners,
-            &js,
-            TicketCreatedListener {
+        listeners.spawn(bus::supervise(
+            js.clone(),
+            Arc::new(TicketCreatedListener {
                 tickets: state.tickets.clone(),
-            },
-            &options,
-            &shutdown,
-        );
-        spawn_listener(
-            &mut listeners,
-            &js,
-            TicketUpdatedListener {
+            }),
+            options.clone(),
+            shutdown.clone(),
+        ));
+        listeners.spawn(bus::supervise(
+            js.clone(),
+            Arc::new(TicketUpdatedListener {
                 tickets: state.tickets.clone(),
-            },
-            &options,
-            &shutdown,
-        );
-        spawn_listener(
-            &mut listeners,
-            &js,
-            ExpirationCompleteListener {
+            }),
+            options.clone(),
+            shutdown.clone(),
+        ));
+        listeners.spawn(bus::supervise(
+            js.clone(),
+            Arc::new(ExpirationCompleteListener {
                 orders: state.orders.clone(),
                 outbox: state.outbox.clone(),
-            },
-            &options,
-            &shutdown,
-        );
-        spawn_listener(
-            &mut listeners,
-            &js,
-            PaymentCreatedListener {
+            }),
+            options.clone(),
+            shutdown.clone(),
+        ));
+        listeners.spawn(bus::supervise(
+            js.clone(),
+            Arc::new(PaymentCreatedListener {
                 orders: state.orders.clone(),
                 outbox: state.outbox.clone(),
                 metrics: state.metrics.clone(),
-            },
-            &options,
-            &shutdown,
-        );
+            }),
+            options.clone(),
+            shutdown.clone(),
+        ));
         // The relay outlives requests and listeners so that its last pass sees all their events.
         let relay_stop = CancellationToken::new();
         let relay = tokio::spawn(state.outbox.clone().run(
@@ -252,55 +234,25 @@ impl Application {
             relay_stop.clone(),
         ));
 
-        tracing::info!(port = self.port, "orders service listening");
+        tracing::info!(port, "orders service listening");
         let connections = state.ops.connections();
         let service = TowerToHyperService::new(routes::router(state, config.body_limit));
         common::server::serve(
             listener,
             service,
-            config.http,
+            config.http.limits(),
             connections,
             shutdown.clone(),
         )
         .await;
         while listeners.join_next().await.is_some() {}
         relay_stop.cancel();
-        if let Err(e) = relay.await {
-            tracing::error!(error = %e, "outbox relay task failed");
-        }
+        let relay = relay.await;
         if let Err(e) = nats.drain().await {
             tracing::warn!(error = %ErrorChain(&e), "draining NATS failed");
         }
+        relay.map_err(StartupError::Relay)?;
         tracing::info!("orders service stopped");
         Ok(())
     }
-}
-
-/// Runs `listener` until shutdown, starting it again if its consumer cannot be set up (NATS
-/// down at start, stream recreated).
-fn spawn_listener<L: Listener>(
-    set: &mut JoinSet<()>,
-    js: &jetstream::Context,
-    listener: L,
-    options: &ListenerOptions,
-    shutdown: &CancellationToken,
-) {
-    let js = js.clone();
-    let listener = Arc::new(listener);
-    let options = options.clone();
-    let shutdown = shutdown.clone();
-    set.spawn(async move {
-        while !shutdown.is_cancelled() {
-            match bus::run_listener(&js, listener.clone(), &options, shutdown.clone()).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "listener stopped; starting it again");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        }
-    });
 }

@@ -8,8 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use chrono::{DateTime, Utc};
+use clap::Parser;
+use common::config::{Settings, parse};
 use common::events::{ExpirationComplete, OrderCancelled, OrderCreated};
 use common::testing::Logged;
 use common::{Event, Subject};
@@ -17,40 +19,20 @@ use e2e::orders_api::OrdersApi;
 use e2e::process::ServiceProcess;
 use e2e::scenario::Scenario;
 
+/// Walks orders through their life with both services running as processes on the local stack
+/// (`scripts/demo` brings the stack up and builds first).
+#[derive(Debug, Parser)]
+#[command(name = "demo", version, long_about = None)]
 struct Options {
+    /// Expiration window of the orders, in seconds
+    #[arg(long = "window", default_value = "5", value_parser = parse::positive::<u64>)]
     window_secs: u64,
+    /// Leave the services up afterwards (Ctrl-C stops them), with the API URL and a cookie for curl
+    #[arg(long)]
     keep_running: bool,
 }
 
-fn options() -> anyhow::Result<Options> {
-    let mut options = Options {
-        window_secs: 5,
-        keep_running: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--window" => {
-                options.window_secs = args
-                    .next()
-                    .context("--window needs a number of seconds")?
-                    .parse()
-                    .context("--window must be a whole number of seconds")?;
-                ensure!(
-                    options.window_secs > 0,
-                    "--window must be at least 1 second"
-                );
-            }
-            "--keep-running" => options.keep_running = true,
-            "-h" | "--help" => {
-                println!("usage: demo [--window SECONDS (default 5)] [--keep-running]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
-    Ok(options)
-}
+impl Settings for Options {}
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -62,8 +44,9 @@ fn show(text: impl std::fmt::Display) {
 
 #[tokio::main]
 async fn main() {
+    let options = Options::load();
     let started = Instant::now();
-    match run().await {
+    match run(options).await {
         Ok(summary) => {
             println!(
                 "\nOK in {:.1} s: {summary}",
@@ -77,8 +60,7 @@ async fn main() {
     }
 }
 
-async fn run() -> anyhow::Result<String> {
-    let options = options()?;
+async fn run(options: Options) -> anyhow::Result<String> {
     let world = Scenario::new(options.window_secs).await;
     step(&format!(
         "starting orders and expiration (expiration window {} s; stream {}, subjects prefixed {:?})",

@@ -3,18 +3,36 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
 
 use crate::Subject;
+use crate::config::{Expected, redact_url};
 
-/// How a service reaches NATS and consumes from it, read from `NATS_URL`, `NATS_CLIENT_ID`,
-/// `NATS_CLUSTER_ID`, `NATS_SUBJECT_PREFIX` and `LISTENER_MAX_DELIVERIES`.
-#[derive(Debug, Clone)]
+/// How a service reaches NATS and consumes from it: the settings both services share.
+#[derive(Debug, Clone, clap::Args)]
 pub struct NatsConfig {
-    /// Server URLs, already normalised to `nats://` (see [`normalize_url`]).
+    /// NATS server(s), comma-separated; http:// is accepted and treated as nats://
+    #[arg(id = "nats_url", value_name = "URL", long = "nats-url", env = "NATS_URL", hide_env_values = true, value_parser = normalize_url)]
     pub url: String,
-    /// Connection name (the pod name in Kubernetes).
-    pub client_id: String,
-    /// The stream and the subjects on it.
-    pub stream: StreamSpec,
-    /// `LISTENER_MAX_DELIVERIES`: see [`super::ListenerOptions::max_deliveries`].
+    /// Connection name (the pod name); the service's name when unset
+    #[arg(
+        id = "nats_client_id",
+        value_name = "NAME",
+        long = "nats-client-id",
+        env = "NATS_CLIENT_ID"
+    )]
+    pub client_id: Option<String>,
+    /// JetStream stream holding the six subjects
+    #[arg(id = "nats_cluster_id", value_name = "STREAM", long = "nats-cluster-id", env = "NATS_CLUSTER_ID", default_value = "ticketing", value_parser = crate::config::parse::non_empty)]
+    pub cluster_id: String,
+    /// Put before every subject; for tests sharing one server
+    #[arg(
+        id = "nats_subject_prefix",
+        value_name = "PREFIX",
+        long = "nats-subject-prefix",
+        env = "NATS_SUBJECT_PREFIX",
+        default_value = ""
+    )]
+    pub subject_prefix: String,
+    /// Deliveries after which an event a listener still cannot apply is given up (logged, counted as events_handled{outcome="gave_up"}); dependency outages do not count
+    #[arg(id = "listener_max_deliveries", value_name = "N", long = "listener-max-deliveries", env = "LISTENER_MAX_DELIVERIES", default_value = "20", value_parser = crate::config::parse::positive::<u64>)]
     pub max_deliveries: u64,
 }
 
@@ -47,76 +65,81 @@ impl StreamSpec {
 }
 
 impl NatsConfig {
+    /// The settings for a server at `url` with every default (tools and tests).
+    pub fn new(url: &str) -> Result<Self, Expected> {
+        Ok(NatsConfig {
+            url: normalize_url(url)?,
+            client_id: None,
+            cluster_id: "ticketing".into(),
+            subject_prefix: String::new(),
+            max_deliveries: super::listener::DEFAULT_MAX_DELIVERIES,
+        })
+    }
+
+    /// The stream and its subjects.
+    pub fn stream(&self) -> StreamSpec {
+        StreamSpec {
+            name: self.cluster_id.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+        }
+    }
+
+    /// The connection name: `NATS_CLIENT_ID`, else `service`.
+    pub fn client_name<'a>(&'a self, service: &'a str) -> &'a str {
+        self.client_id
+            .as_deref()
+            .filter(|id| !id.trim().is_empty())
+            .unwrap_or(service)
+    }
+
     /// The options of every listener of a service on this configuration.
     pub fn listener_options(&self) -> super::ListenerOptions {
-        let mut options = super::ListenerOptions::new(self.stream.clone());
+        let mut options = super::ListenerOptions::new(self.stream());
         options.max_deliveries = self.max_deliveries;
         options
     }
-
-    /// Reads the NATS settings; `default_client_id` is used when `NATS_CLIENT_ID` is unset.
-    pub fn from_env(default_client_id: &str) -> Result<Self, BusError> {
-        Self::from_lookup(|name| std::env::var(name).ok(), default_client_id)
-    }
-
-    /// As [`NatsConfig::from_env`], reading variables through `lookup` (for tests and config
-    /// structs that read the environment once).
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        default_client_id: &str,
-    ) -> Result<Self, BusError> {
-        let non_empty = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let url = non_empty("NATS_URL").ok_or(BusError::Config(
-            "NATS_URL is not set (for example nats://nats-srv:4222)".into(),
-        ))?;
-        let url = normalize_url(&url)?;
-        let client_id = non_empty("NATS_CLIENT_ID").unwrap_or_else(|| default_client_id.to_owned());
-        let stream = StreamSpec {
-            name: non_empty("NATS_CLUSTER_ID").unwrap_or_else(|| "ticketing".to_owned()),
-            subject_prefix: lookup("NATS_SUBJECT_PREFIX").unwrap_or_default(),
-        };
-        let max_deliveries = match non_empty("LISTENER_MAX_DELIVERIES") {
-            None => super::listener::DEFAULT_MAX_DELIVERIES,
-            Some(value) => value
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| {
-                    BusError::Config(format!(
-                        "LISTENER_MAX_DELIVERIES `{value}` is not a whole number of at least 1"
-                    ))
-                })?,
-        };
-        Ok(NatsConfig {
-            url,
-            client_id,
-            stream,
-            max_deliveries,
-        })
-    }
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors of connecting to NATS and setting up the stream and consumers.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("invalid NATS configuration: {0}")]
-    Config(String),
     #[error("cannot connect to NATS at {url}")]
     Connect {
+        /// Credentials redacted.
         url: String,
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("cannot set up JetStream stream `{stream}`: {message}")]
-    Stream { stream: String, message: String },
-    #[error("cannot set up JetStream consumer `{consumer}`: {message}")]
-    Consumer { consumer: String, message: String },
+    #[error("cannot set up JetStream stream `{stream}`")]
+    Stream {
+        stream: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "stream `{stream}` cannot hold {subjects}: stream `{holder}` already does. Set NATS_CLUSTER_ID={holder} to share it, or delete stream `{holder}`"
+    )]
+    SubjectsTaken {
+        stream: String,
+        holder: String,
+        subjects: String,
+    },
+    #[error("cannot set up JetStream consumer `{consumer}`")]
+    Consumer {
+        consumer: String,
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// Accepts the Node stack's `http://nats-srv:4222` (and a comma-separated list of servers):
 /// `http` becomes `nats`, `https` becomes `tls`, a missing scheme means `nats`.
-pub fn normalize_url(url: &str) -> Result<String, BusError> {
+pub fn normalize_url(url: &str) -> Result<String, Expected> {
+    let expected = || {
+        Expected("NATS server URLs (nats://, tls:// or http://host:port, comma-separated)".into())
+    };
     let servers: Vec<String> = url
         .split(',')
         .map(str::trim)
@@ -124,30 +147,40 @@ pub fn normalize_url(url: &str) -> Result<String, BusError> {
         .map(|server| match server.split_once("://") {
             Some(("http", rest)) | Some(("nats", rest)) => Ok(format!("nats://{rest}")),
             Some(("https", rest)) | Some(("tls", rest)) => Ok(format!("tls://{rest}")),
-            Some((scheme, _)) => Err(BusError::Config(format!(
-                "NATS_URL has unsupported scheme `{scheme}` (use nats://, tls:// or http://)"
-            ))),
+            Some(_) => Err(expected()),
             None => Ok(format!("nats://{server}")),
         })
         .collect::<Result<_, _>>()?;
     if servers.is_empty() {
-        return Err(BusError::Config("NATS_URL is empty".into()));
+        return Err(expected());
     }
     Ok(servers.join(","))
 }
 
-/// Connects with the configured connection name. After the first connection the client
+/// Connects as `service` (or `NATS_CLIENT_ID`). After the first connection the client
 /// reconnects by itself for as long as the process lives.
-pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError> {
+pub async fn connect(config: &NatsConfig, service: &str) -> Result<async_nats::Client, BusError> {
     async_nats::ConnectOptions::new()
-        .name(&config.client_id)
+        .name(config.client_name(service))
         .connection_timeout(Duration::from_secs(5))
         .connect(config.url.as_str())
         .await
         .map_err(|source| BusError::Connect {
-            url: config.url.clone(),
+            url: redact_url(&config.url),
             source,
         })
+}
+
+/// The `/readyz` check of a NATS connection: ready while connected, else the connection's state.
+pub fn connection_check(
+    client: async_nats::Client,
+) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+    move || {
+        std::future::ready(match client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(other.to_string()),
+        })
+    }
 }
 
 /// How long JetStream remembers message ids to drop duplicates, for streams we create.
@@ -161,9 +194,9 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         .iter()
         .map(|subject| spec.subject(*subject))
         .collect();
-    let fail = |message: String| BusError::Stream {
+    let fail = |source: BoxError| BusError::Stream {
         stream: name.to_owned(),
-        message,
+        source,
     };
     // Two services starting together may race to create it: the loser finds it on the next turn.
     for _ in 0..5 {
@@ -183,11 +216,12 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                     ?missing,
                     "adding our subjects to the existing stream"
                 );
-                config.subjects.extend(missing);
-                js.update_stream(config)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                return Ok(());
+                config.subjects.extend(missing.clone());
+                return match js.update_stream(config).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_overlap(&e) => Err(subjects_taken(js, name, &missing).await),
+                    Err(e) => Err(fail(e.into())),
+                };
             }
             Err(e) if is_stream_not_found(&e) => {
                 let config = stream::Config {
@@ -202,16 +236,45 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                         tracing::info!(stream = name, "created the JetStream stream");
                         return Ok(());
                     }
+                    Err(e) if is_overlap(&e) => {
+                        return Err(subjects_taken(js, name, &subjects).await);
+                    }
                     Err(e) => {
                         tracing::debug!(stream = name, error = %e, "stream creation lost a race; looking again")
                     }
                 }
             }
-            Err(e) => return Err(fail(e.to_string())),
+            Err(e) => return Err(fail(e.into())),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(fail("it kept changing while we set it up".into()))
+    Err(fail(
+        "another process kept changing it while we set it up".into(),
+    ))
+}
+
+fn is_overlap(error: &jetstream::context::CreateStreamError) -> bool {
+    matches!(error.kind(), jetstream::context::CreateStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP)
+}
+
+/// The error naming the stream that already captures some of `subjects`.
+async fn subjects_taken(js: &jetstream::Context, stream: &str, subjects: &[String]) -> BusError {
+    let mut holder = None;
+    let mut taken = Vec::new();
+    for subject in subjects {
+        if let Ok(name) = js.stream_by_subject(subject.as_str()).await
+            && name != stream
+        {
+            holder.get_or_insert(name);
+            taken.push(format!("`{subject}`"));
+        }
+    }
+    BusError::SubjectsTaken {
+        stream: stream.to_owned(),
+        holder: holder.unwrap_or_else(|| "another stream".into()),
+        subjects: taken.join(", "),
+    }
 }
 
 fn is_stream_not_found(error: &jetstream::context::GetStreamError) -> bool {
@@ -253,48 +316,63 @@ mod tests {
         assert!(normalize_url(" , ").is_err());
     }
 
+    /// A binary whose only settings are the NATS ones.
+    #[derive(clap::Parser, Debug)]
+    struct OnlyNats {
+        #[command(flatten)]
+        nats: NatsConfig,
+    }
+
+    impl crate::config::Settings for OnlyNats {}
+
+    fn nats(pairs: &'static [(&'static str, &'static str)]) -> Result<NatsConfig, String> {
+        use crate::config::Settings;
+        OnlyNats::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .map(|only| only.nats)
+        .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn reads_the_node_stacks_variables_with_defaults() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let config =
-            NatsConfig::from_lookup(env(&[("NATS_URL", "http://nats-srv:4222")]), "orders")
-                .unwrap();
+        let config = nats(&[("NATS_URL", "http://nats-srv:4222")]).unwrap();
         assert_eq!(config.url, "nats://nats-srv:4222");
-        assert_eq!(config.client_id, "orders");
-        assert_eq!(config.stream, StreamSpec::new("ticketing"));
+        assert_eq!(config.client_name("orders"), "orders");
+        assert_eq!(config.stream(), StreamSpec::new("ticketing"));
+        assert_eq!(config.max_deliveries, 20);
         assert_eq!(
-            config.stream.subject(Subject::OrderCreated),
+            config.stream().subject(Subject::OrderCreated),
             "order:created"
         );
-        let config = NatsConfig::from_lookup(
-            env(&[
-                ("NATS_URL", "nats://x:1"),
-                ("NATS_CLIENT_ID", "orders-depl-abc"),
-                ("NATS_CLUSTER_ID", "t2"),
-                ("NATS_SUBJECT_PREFIX", "t2."),
-            ]),
-            "orders",
-        )
+        let config = nats(&[
+            ("NATS_URL", "nats://x:1"),
+            ("NATS_CLIENT_ID", "orders-depl-abc"),
+            ("NATS_CLUSTER_ID", "t2"),
+            ("NATS_SUBJECT_PREFIX", "t2."),
+        ])
         .unwrap();
         assert_eq!(
-            (config.client_id.as_str(), config.stream.name.as_str()),
+            (config.client_name("orders"), config.stream().name.as_str()),
             ("orders-depl-abc", "t2")
         );
         assert_eq!(
-            config.stream.subject(Subject::PaymentCreated),
+            config.stream().subject(Subject::PaymentCreated),
             "t2.payment:created"
         );
-        let missing = NatsConfig::from_lookup(env(&[]), "orders")
-            .unwrap_err()
-            .to_string();
-        assert!(missing.contains("NATS_URL"), "{missing}");
+        let missing = nats(&[]).unwrap_err();
+        assert!(missing.starts_with("NATS_URL must be set"), "{missing}");
+        let bad = nats(&[("NATS_URL", "ftp://u:secret@x:1")]).unwrap_err();
+        assert!(
+            bad.starts_with("NATS_URL=`ftp://<redacted>@x:1` is invalid"),
+            "{bad}"
+        );
+        let bad =
+            nats(&[("NATS_URL", "nats://x:1"), ("LISTENER_MAX_DELIVERIES", "0")]).unwrap_err();
+        assert!(bad.starts_with("LISTENER_MAX_DELIVERIES=`0`"), "{bad}");
     }
 
     #[test]

@@ -3,7 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -169,9 +171,9 @@ pub async fn run_listener<L: Listener>(
         ack_wait: options.ack_wait,
         ..Default::default()
     };
-    let consumer_error = |message: String| BusError::Consumer {
+    let consumer_error = |source: BoxError| BusError::Consumer {
         consumer: name.clone(),
-        message,
+        source,
     };
     let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
     let mut in_hand = JoinSet::new();
@@ -181,11 +183,11 @@ pub async fn run_listener<L: Listener>(
         let stream = js
             .get_stream(&options.stream.name)
             .await
-            .map_err(|e| consumer_error(format!("stream `{}`: {e}", options.stream.name)))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let consumer: jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(&name, config.clone())
             .await
-            .map_err(|e| consumer_error(e.to_string()))?;
+            .map_err(|e| consumer_error(e.into()))?;
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(options.max_in_flight.max(1))
@@ -231,15 +233,70 @@ pub async fn run_listener<L: Listener>(
                 }
                 None => break,
             }
-            while in_hand.try_join_next().is_some() {}
+            while let Some(done) = in_hand.try_join_next() {
+                log_join_error(&name, done);
+            }
         }
         if sleep_or_shutdown(&shutdown, &mut pause).await {
             break;
         }
     }
-    while in_hand.join_next().await.is_some() {}
+    while let Some(done) = in_hand.join_next().await {
+        log_join_error(&name, done);
+    }
     tracing::info!(consumer = %name, "stopped");
     Ok(())
+}
+
+/// Handlers' panics are caught in [`handle`]; this reports anything else that ended a message's
+/// task abnormally, which would be a bug of the runner itself.
+fn log_join_error(consumer: &str, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(%consumer, error = %e, "a message task failed; the message is redelivered after the ack wait");
+    }
+}
+
+/// Runs `listener` until `shutdown`, starting it again whenever it stops on an error (NATS away
+/// long enough for the consumer lookup to fail, the stream recreated) or panics: each restart is
+/// logged with its cause and counted (`listener_restarts_total`), after a pause growing from
+/// 200 ms to 5 s. The service keeps serving meanwhile.
+pub async fn supervise<L: Listener>(
+    js: jetstream::Context,
+    listener: Arc<L>,
+    options: ListenerOptions,
+    shutdown: CancellationToken,
+) {
+    let name = consumer_name(L::QUEUE_GROUP, L::Event::SUBJECT);
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let run = tokio::spawn({
+            let (js, listener, options, shutdown) = (
+                js.clone(),
+                listener.clone(),
+                options.clone(),
+                shutdown.clone(),
+            );
+            async move { run_listener(&js, listener, &options, shutdown).await }
+        });
+        let cause = match run.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => ErrorChain(&e).to_string(),
+            Err(e) if e.is_panic() => format!("panic: {}", panic_message(&*e.into_panic())),
+            Err(e) => e.to_string(),
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        tracing::warn!(consumer = %name, cause = %truncate(&cause, LOGGED_BYTES), ?pause, "listener stopped; starting it again");
+        if let Some(metrics) = &options.metrics {
+            metrics.count_restart(&name);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Sleeps `pause` (then doubles it, up to 5 s); returns true if shutdown came first.
@@ -304,7 +361,16 @@ async fn handle<L: Listener>(
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match listener.on_message(event.clone(), info).await {
+            let outcome = AssertUnwindSafe(listener.on_message(event.clone(), info))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let message = panic_message(&*panic);
+                    tracing::error!(panic = %truncate(&message, LOGGED_BYTES), "handler panicked; the message will be redelivered");
+                    count("panic");
+                    Err(HandlerError::Retry(format!("handler panicked: {message}").into()))
+                });
+            match outcome {
                 Ok(()) => {
                     count("ack");
                     acknowledge(&message, AckKind::Ack).await;
@@ -346,6 +412,15 @@ async fn handle<L: Listener>(
     }
     .instrument(span)
     .await
+}
+
+/// The text a panic carried, if it was a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Keeps `message` in hand for `delay` (telling the server the work is in progress, so it does

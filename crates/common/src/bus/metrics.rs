@@ -15,10 +15,16 @@ pub struct PublishLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandledLabels {
     pub subject: String,
-    /// `ack`; `retry` (nak with backoff); `unavailable` (a dependency failed, tried again in
-    /// place); terminated ones: `gave_up` (still not applicable after the delivery limit),
+    /// `ack`; `retry` (nak with backoff); `panic` (the handler panicked: nak with backoff);
+    /// `unavailable` (a dependency failed, tried again in place); terminated ones: `gave_up` (still not applicable after the delivery limit),
     /// `reject` (by the handler), `undecodable` or `invalid` (refused by `Event::validate`).
     pub outcome: String,
+}
+
+/// Labels of a listener restart.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub consumer: String,
 }
 
 /// Counters of the bus, registered once per process and shared by its publisher and listeners.
@@ -26,6 +32,7 @@ pub struct HandledLabels {
 pub struct BusMetrics {
     pub published: Family<PublishLabels, Counter>,
     pub handled: Family<HandledLabels, Counter>,
+    pub restarts: Family<ConsumerLabels, Counter>,
 }
 
 impl BusMetrics {
@@ -42,7 +49,20 @@ impl BusMetrics {
             "Events handled by listeners, by subject and outcome",
             metrics.handled.clone(),
         );
+        registry.register(
+            "listener_restarts",
+            "Listeners started again after an error or a panic, by consumer",
+            metrics.restarts.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn count_restart(&self, consumer: &str) {
+        self.restarts
+            .get_or_create(&ConsumerLabels {
+                consumer: consumer.to_owned(),
+            })
+            .inc();
     }
 
     pub(crate) fn count_published(&self, subject: &str, outcome: &str) {

@@ -4,7 +4,8 @@
 //!   creates the stream or adds the subjects it lacks.
 //! - [`Publisher`]: publishes any [`crate::Event`] with its `Nats-Msg-Id` and awaits the ack.
 //! - [`Listener`] and [`run_listener`]: a durable pull consumer per (queue group, subject), shared by
-//!   every replica; the runner owns acknowledgement.
+//!   every replica; the runner owns acknowledgement. [`supervise`] restarts a listener that
+//!   stopped or panicked; [`connection_check`] is the NATS readiness check.
 //! - [`BusMetrics`]: counters both services expose on `/metrics`.
 
 mod connect;
@@ -12,9 +13,12 @@ mod listener;
 mod metrics;
 mod publisher;
 
-pub use connect::{BusError, NatsConfig, StreamSpec, connect, ensure_stream, normalize_url};
+pub use connect::{
+    BusError, NatsConfig, StreamSpec, connect, connection_check, ensure_stream, normalize_url,
+};
 pub use listener::{
-    Backoff, HandlerError, Listener, ListenerOptions, MessageInfo, consumer_name, run_listener,
+    Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,
+    consumer_name, run_listener, supervise,
 };
 pub use metrics::BusMetrics;
 pub use publisher::{PublishError, Published, Publisher};

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::Event;
 use common::bus::{self, StreamSpec};
+use common::config::Settings;
 use common::events::{OrderCancelled, OrderCancelledTicket, OrderCreated, OrderCreatedTicket};
 use common::testing::{TestStream, eventually, redis_url, unique_name};
 use expiration::config::Config;
@@ -108,7 +109,7 @@ pub struct TestApp {
     pub ops: SocketAddr,
     pub queue: Queue,
     shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Result<(), expiration::startup::StartupError>>,
 }
 
 impl TestApp {
@@ -139,7 +140,8 @@ impl TestApp {
         tokio::time::timeout(Duration::from_secs(15), self.task)
             .await
             .expect("the worker stops within 15 s")
-            .unwrap();
+            .unwrap()
+            .expect("the worker stops cleanly");
     }
 }
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::bus::{StreamSpec, consumer_name};
+use common::config::Settings;
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
 use common::testing::{TestStream, mongo_uri, nats_url, unique_name};
 use common::{Event, Subject};
@@ -56,7 +57,7 @@ pub fn test_config(spec: &StreamSpec, nats: &str) -> Config {
 /// Logs to the test output when `TEST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        common::telemetry::init();
+        common::telemetry::init_from_env();
     }
 }
 
@@ -219,12 +220,12 @@ pub async fn start(
     JoinHandle<Result<(), StartupError>>,
 ) {
     let shutdown = CancellationToken::new();
-    let app = Application::build(config, shutdown.clone())
+    let app = Application::build(config)
         .await
         .expect("the service starts");
     let port = app.port();
     let db = app.database().clone();
-    let task = tokio::spawn(app.run());
+    let task = tokio::spawn(app.run(shutdown.clone()));
     (port, db, shutdown, task)
 }
 

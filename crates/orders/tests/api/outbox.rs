@@ -329,8 +329,8 @@ async fn the_relay_sweep_finds_events_another_replica_left_behind() {
 
 /// The test's database, written directly as a crashed process would have left it.
 async fn database(config: &orders::Config) -> mongodb::Database {
-    mongodb::Client::with_uri_str(&config.mongo_uri)
+    mongodb::Client::with_uri_str(&config.mongo.uri)
         .await
         .unwrap()
-        .database(&config.database)
+        .database(&config.mongo.database)
 }

@@ -1,9 +1,9 @@
 //! `expiration-bench`: how fast jobs go in and come out, and how late they fire.
 //!
 //! ```text
-//! expiration-bench burst  --jobs N              [--scope queue|worker] [options]
-//! expiration-bench steady --rate R --seconds S  [--scope queue|worker] [options]
-//! options: --redis-url URL  --nats-url URL  --concurrency C
+//! expiration-bench burst  [--jobs N]                  [--scope queue|worker] [options]
+//! expiration-bench steady [--rate R] [--seconds S]    [--scope queue|worker] [options]
+//! options: --redis-url URL  --nats-url URL  --concurrency C    (expiration-bench --help)
 //! ```
 //!
 //! `burst`: N jobs all due at one moment a little ahead; `add_per_s` is how fast they went in,
@@ -12,8 +12,6 @@
 //! handler; scope `worker` is the whole worker in this process, `order:created` in over NATS and
 //! `expiration:complete` out, timed by a subscriber. One JSON line per run on stdout. Every run
 //! uses keys and a stream of its own and deletes them at the end.
-//!
-//! Arguments are parsed by hand: seven flags do not earn a command-line parsing dependency.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use common::Subject;
 use common::bus::{self, StreamSpec};
+use common::config::{Settings, parse};
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
 use expiration::config::Config;
 use expiration::metrics::Metrics;
@@ -32,8 +32,63 @@ use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: expiration-bench burst --jobs N [--scope queue|worker] [--redis-url URL] [--nats-url URL] [--concurrency C]
-       expiration-bench steady --rate R --seconds S [--scope queue|worker] [--redis-url URL] [--nats-url URL] [--concurrency C]";
+/// How fast jobs go in and come out of the expiration queue, and how late they fire; one JSON
+/// line per run on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "expiration-bench", version, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    mode: ModeArgs,
+}
+
+impl Settings for Cli {}
+
+#[derive(Debug, Subcommand)]
+enum ModeArgs {
+    /// N jobs all due at one moment a little ahead: how fast they go in, and come out once due
+    Burst {
+        /// How many jobs
+        #[arg(long, default_value = "20000", value_parser = parse::positive::<usize>)]
+        jobs: usize,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// R jobs a second for S seconds, each due 1 s after it was added: how late they fire
+    Steady {
+        /// Jobs added per second
+        #[arg(long, default_value = "1000", value_parser = parse::positive::<usize>)]
+        rate: usize,
+        /// How long to add jobs, in seconds
+        #[arg(long, default_value = "10", value_parser = parse::positive::<u64>)]
+        seconds: u64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct CommonArgs {
+    /// `queue`: the queue and firing loop with a no-op handler; `worker`: the whole worker, order:created in over NATS and expiration:complete out
+    #[arg(long, value_enum, default_value = "queue")]
+    scope: Scope,
+    /// Redis to use
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:16379"
+    )]
+    redis_url: String,
+    /// NATS to use (scope worker)
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:14222"
+    )]
+    nats_url: String,
+    /// Jobs fired at once
+    #[arg(long, default_value = "50", value_parser = parse::positive::<usize>)]
+    concurrency: usize,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -41,7 +96,7 @@ enum Mode {
     Steady,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scope {
     Queue,
     Worker,
@@ -59,65 +114,32 @@ struct Args {
     concurrency: usize,
 }
 
-fn parse_args(args: &[String]) -> anyhow::Result<Args> {
-    let mode = match args.first().map(String::as_str) {
-        Some("burst") => Mode::Burst,
-        Some("steady") => Mode::Steady,
-        _ => bail!("{USAGE}"),
-    };
-    let mut parsed = Args {
-        mode,
-        scope: Scope::Queue,
-        jobs: 20_000,
-        rate: 1_000,
-        seconds: 10,
-        redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into()),
-        nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into()),
-        concurrency: 50,
-    };
-    let mut rest = args[1..].iter();
-    while let Some(flag) = rest.next() {
-        let value = rest
-            .next()
-            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-        let number = || -> anyhow::Result<usize> {
-            value
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .with_context(|| format!("{flag} takes a positive integer, not `{value}`"))
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        let (mode, jobs, rate, seconds, common) = match cli.mode {
+            ModeArgs::Burst { jobs, common } => (Mode::Burst, jobs, 0, 0, common),
+            ModeArgs::Steady {
+                rate,
+                seconds,
+                common,
+            } => (Mode::Steady, 0, rate, seconds, common),
         };
-        match flag.as_str() {
-            "--scope" => {
-                parsed.scope = match value.as_str() {
-                    "queue" => Scope::Queue,
-                    "worker" => Scope::Worker,
-                    other => bail!("--scope is queue or worker, not `{other}`"),
-                }
-            }
-            "--jobs" => parsed.jobs = number()?,
-            "--rate" => parsed.rate = number()?,
-            "--seconds" => parsed.seconds = number()? as u64,
-            "--concurrency" => parsed.concurrency = number()?,
-            "--redis-url" => parsed.redis_url = value.clone(),
-            "--nats-url" => parsed.nats_url = value.clone(),
-            other => bail!("unknown flag {other}\n{USAGE}"),
+        Args {
+            mode,
+            scope: common.scope,
+            jobs,
+            rate,
+            seconds,
+            redis_url: common.redis_url,
+            nats_url: common.nats_url,
+            concurrency: common.concurrency,
         }
     }
-    Ok(parsed)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(
-        args.first().map(String::as_str),
-        Some("-h" | "--help") | None
-    ) {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let args = parse_args(&args)?;
+    let args = Args::from(Cli::load());
     let run = Run::start(&args).await?;
     let result = match args.mode {
         Mode::Burst => burst(&args, &run).await,
@@ -242,7 +264,7 @@ impl Run {
                     ("EXPIRATION_CONCURRENCY", args.concurrency.to_string()),
                 ]);
                 let config = Config::from_lookup(|key| env.get(key).cloned())?;
-                let spec = config.nats.stream.clone();
+                let spec = config.nats.stream();
                 let app = Application::build(config).await?;
                 let queue = app.queue().clone();
                 let client = async_nats::connect(args.nats_url.as_str()).await?;
@@ -267,7 +289,14 @@ impl Run {
                         }
                     }
                 });
-                let task = tokio::spawn(app.run(shutdown.clone()));
+                let task = tokio::spawn({
+                    let shutdown = shutdown.clone();
+                    async move {
+                        if let Err(e) = app.run(shutdown).await {
+                            eprintln!("the worker failed: {}", common::telemetry::ErrorChain(&e));
+                        }
+                    }
+                });
                 Ok(Run {
                     queue,
                     record,
@@ -488,13 +517,11 @@ async fn steady(args: &Args, run: &Run) -> anyhow::Result<Report> {
 mod tests {
     use super::*;
 
-    fn args(line: &str) -> anyhow::Result<Args> {
-        parse_args(
-            &line
-                .split_whitespace()
-                .map(String::from)
-                .collect::<Vec<_>>(),
-        )
+    fn args(line: &str) -> Result<Args, String> {
+        let words = std::iter::once("expiration-bench").chain(line.split_whitespace());
+        Cli::try_parse_from(words)
+            .map(Args::from)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -514,5 +541,6 @@ mod tests {
         assert!(args("burst --jobs").is_err());
         assert!(args("burst --scope cluster").is_err());
         assert!(args("drain").is_err());
+        assert_eq!(args("burst").unwrap().jobs, 20_000);
     }
 }

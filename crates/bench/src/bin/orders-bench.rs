@@ -10,13 +10,14 @@
 //!     --jwt-key KEY [--concurrency 32] [--seconds 10] [--tickets 40000] [--pid PID]
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
+use clap::Parser;
+use common::config::{Settings, parse};
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -36,37 +37,53 @@ struct Args {
     pid: Option<u32>,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut values: HashMap<String, String> = HashMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let Some(name) = flag.strip_prefix("--") else {
-            bail!("unexpected argument `{flag}`");
-        };
-        let value = args
-            .next()
-            .with_context(|| format!("--{name} needs a value"))?;
-        values.insert(name.to_owned(), value);
+/// Load on the orders API: `POST /api/orders` (each for a ticket of its own, inserted into
+/// MongoDB first), then `GET /api/orders/{id}`, then `GET /healthz` as a control, each at a fixed
+/// concurrency for a fixed time; one JSON line per phase on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "orders-bench", version, long_about = None)]
+struct Cli {
+    /// The running service
+    #[arg(long, env = "ORDERS_URL", default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// The service's MongoDB (ticket replicas are inserted there)
+    #[arg(long = "mongo-uri", env = "MONGO_URI", hide_env_values = true)]
+    mongo_uri: String,
+    /// The service's JWT_KEY, to sign the buyers' cookies
+    #[arg(long = "jwt-key", env = "JWT_KEY", hide_env_values = true)]
+    jwt_key: String,
+    /// Requests in flight, one keep-alive connection each
+    #[arg(long, default_value = "32", value_parser = parse::positive::<usize>)]
+    concurrency: usize,
+    /// Length of each phase, in seconds
+    #[arg(long, default_value = "10", value_parser = parse::seconds)]
+    seconds: Duration,
+    /// Ticket replicas to insert (one per POST)
+    #[arg(long, default_value = "40000", value_parser = parse::positive::<usize>)]
+    tickets: usize,
+    /// The service's process id (found by name when there is one `orders` process)
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+impl Settings for Cli {}
+
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        Args {
+            address: cli
+                .url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned(),
+            mongo_uri: cli.mongo_uri,
+            jwt_key: cli.jwt_key,
+            concurrency: cli.concurrency,
+            duration: cli.seconds,
+            tickets: cli.tickets,
+            pid: cli.pid,
+        }
     }
-    let get = |name: &str, env: &str| {
-        values
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(env).ok())
-    };
-    let url = get("url", "ORDERS_URL").unwrap_or_else(|| "http://127.0.0.1:3000".into());
-    Ok(Args {
-        address: url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned(),
-        mongo_uri: get("mongo-uri", "MONGO_URI").context("--mongo-uri or MONGO_URI")?,
-        jwt_key: get("jwt-key", "JWT_KEY").context("--jwt-key or JWT_KEY")?,
-        concurrency: get("concurrency", "-").map_or(Ok(32), |v| v.parse())?,
-        duration: Duration::from_secs(get("seconds", "-").map_or(Ok(10), |v| v.parse())?),
-        tickets: get("tickets", "-").map_or(Ok(40_000), |v| v.parse())?,
-        pid: get("pid", "-").map(|v| v.parse()).transpose()?,
-    })
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -258,7 +275,7 @@ async fn phase(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = Args::from(Cli::load());
     let pid = match args.pid {
         Some(pid) => pid,
         None => match pids_named("orders").as_slice() {
