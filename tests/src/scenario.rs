@@ -6,7 +6,7 @@ use common::http::JwtKey;
 use common::testing::{EventLog, TestStream, mongo_uri, redis_url, unique_name};
 
 use crate::peers::{Buyer, Peers, sign_in};
-use crate::process::{ServiceProcess, free_port};
+use crate::process::{ServiceProcess, free_port, start_service};
 
 /// A world of its own on the local stack (or on a NATS server of the test's own).
 pub struct Scenario {
@@ -116,13 +116,13 @@ impl Scenario {
     /// Starts an orders process named `name` and waits until it is ready.
     pub async fn start_orders(&self, name: &str) -> anyhow::Result<ServiceProcess> {
         let port = free_port();
-        ServiceProcess::start(name, "orders", self.orders_env(port, name), port).await
+        start_service(name, "orders", self.orders_env(port, name), port).await
     }
 
     /// Starts an expiration process named `name` and waits until it is ready.
     pub async fn start_expiration(&self, name: &str) -> anyhow::Result<ServiceProcess> {
         let port = free_port();
-        ServiceProcess::start(name, "expiration", self.expiration_env(port, name), port).await
+        start_service(name, "expiration", self.expiration_env(port, name), port).await
     }
 
     /// A user signed in by the auth service with this world's `JWT_KEY`.

@@ -4,6 +4,7 @@
 
 mod e2e {
     mod crashes;
+    mod demo;
     mod flow;
     mod interop;
     mod support;

@@ -80,6 +80,16 @@ pub trait Settings: Parser {
         })
     }
 
+    /// The settings from `pairs` of variable and value alone (tests, tools).
+    fn from_pairs(pairs: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(variable, _)| *variable == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
     /// The settings read through `lookup` (a test's map) instead of the process environment;
     /// the command line is empty.
     fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -162,8 +172,16 @@ fn from_clap(error: &clap::Error, command: &Command) -> ConfigError {
                 )
             })
     };
+    // The argument may belong to a subcommand.
+    fn all_args(command: &Command) -> Vec<&Arg> {
+        command
+            .get_arguments()
+            .chain(command.get_subcommands().flat_map(all_args))
+            .collect()
+    }
+    let args = all_args(command);
     let arg_of = |display: &str| {
-        command.get_arguments().find(|arg| {
+        args.iter().copied().find(|arg| {
             arg.get_long().is_some_and(|long| {
                 display == format!("--{long}") || display.starts_with(&format!("--{long} "))
             })
@@ -379,26 +397,16 @@ mod tests {
         }
     }
 
-    fn lookup(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let pairs = pairs.to_vec();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
     const BASE: [(&str, &str); 2] = [("SECRET_KEY", "hunter2"), ("SERVER_URL", "nats://u:pw@h:1")];
 
     #[test]
     fn reads_declared_variables_with_their_defaults() {
-        let thing = Thing::from_lookup(lookup(&BASE)).unwrap();
+        let thing = Thing::from_pairs(&BASE).unwrap();
         assert_eq!((thing.port, thing.wait), (3000, Duration::from_secs(5)));
         assert_eq!(thing.shared.url, "nats://u:pw@h:1");
         let mut pairs = BASE.to_vec();
         pairs.push(("PORT", "8080"));
-        assert_eq!(Thing::from_lookup(lookup(&pairs)).unwrap().port, 8080);
+        assert_eq!(Thing::from_pairs(&pairs).unwrap().port, 8080);
     }
 
     #[test]
@@ -407,7 +415,7 @@ mod tests {
             let mut pairs = BASE.to_vec();
             pairs.retain(|(k, _)| *k != extra.0);
             pairs.push(extra);
-            Thing::from_lookup(lookup(&pairs)).unwrap_err().to_string()
+            Thing::from_pairs(&pairs).unwrap_err().to_string()
         };
         assert_eq!(
             error(("PORT", "70000")),
@@ -422,11 +430,11 @@ mod tests {
             "SECRET_KEY=`<redacted>` is invalid: expected a value that is not empty"
         );
         assert_eq!(error(("PORT", "1")), "PORT must not be 1");
-        let missing = Thing::from_lookup(lookup(&[("SERVER_URL", "x")]))
+        let missing = Thing::from_pairs(&[("SERVER_URL", "x")])
             .unwrap_err()
             .to_string();
         assert_eq!(missing, "SECRET_KEY must be set: The secret key");
-        let both = Thing::from_lookup(lookup(&[])).unwrap_err().to_string();
+        let both = Thing::from_pairs(&[]).unwrap_err().to_string();
         assert!(
             both.starts_with("SECRET_KEY must be set, and so must SERVER_URL"),
             "{both}"

@@ -15,12 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Records what it handled; fails the first `failures` deliveries of each event, answers the
-/// first `outage` calls as if its database were down, and takes `delay` per message.
+/// first `outage` calls as if its database were down, panics in the first `panics` calls, and
+/// takes `delay` per message.
 #[derive(Default)]
 struct Recorder {
     handled: Mutex<Vec<(String, MessageInfo, Instant)>>,
     failures: u64,
     outage: AtomicU64,
+    panics: AtomicU64,
     delay: Duration,
 }
 
@@ -49,14 +51,18 @@ impl Listener for Recorder {
             .lock()
             .unwrap()
             .push((event.order_id.clone(), info, Instant::now()));
-        if self
-            .outage
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok()
-        {
+        let take = |counter: &AtomicU64| {
+            counter
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        };
+        if take(&self.outage) {
             return Err(HandlerError::unavailable("database down"));
+        }
+        if take(&self.panics) {
+            panic!("a bug in the handler");
         }
         if info.delivered <= self.failures {
             return Err(HandlerError::retry("not yet"));
@@ -69,6 +75,25 @@ fn options(stream: &TestStream) -> ListenerOptions {
     let mut options = ListenerOptions::new(stream.spec.clone());
     options.ack_wait = Duration::from_secs(2);
     options
+}
+
+/// [`options`] with a backoff from `initial` to `max` milliseconds, and counters to read.
+fn counted_options(stream: &TestStream, initial: u64, max: u64) -> (ListenerOptions, BusMetrics) {
+    let mut options = options(stream);
+    options.backoff = Backoff {
+        initial: Duration::from_millis(initial),
+        max: Duration::from_millis(max),
+    };
+    let metrics = BusMetrics::default();
+    options.metrics = Some(metrics.clone());
+    (options, metrics)
+}
+
+/// Stops the runner, waits for it, and deletes the stream.
+async fn finish(stream: TestStream, shutdown: CancellationToken, task: JoinHandle<()>) {
+    shutdown.cancel();
+    task.await.unwrap();
+    stream.delete().await;
 }
 
 fn start(
@@ -128,9 +153,7 @@ async fn a_published_event_reaches_the_handler_typed() {
         stream.bodies(Subject::ExpirationComplete).await,
         [r#"{"orderId":"000000000000000000000007"}"#]
     );
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -208,9 +231,7 @@ async fn a_restarted_runner_resumes_after_the_last_acked_message() {
     let mut got = after.ids();
     got.sort();
     assert_eq!(got, expected, "nothing lost, nothing acked handled twice");
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -246,9 +267,7 @@ async fn a_failed_handler_is_redelivered_after_the_backoff_not_before() {
         consumer_info(&stream).await.num_ack_pending == 0
     })
     .await;
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -277,9 +296,7 @@ async fn a_poison_body_is_terminated_and_the_messages_after_it_still_flow() {
     assert_eq!((info.num_ack_pending, info.num_redelivered), (0, 0));
     assert_eq!(info.ack_floor.stream_sequence, 2);
     assert_eq!(recorder.ids(), [expiration(2).order_id]);
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -289,14 +306,8 @@ async fn an_event_still_not_applicable_after_the_delivery_limit_is_given_up_and_
         failures: u64::MAX,
         ..Default::default()
     });
-    let mut opts = options(&stream);
+    let (mut opts, metrics) = counted_options(&stream, 100, 200);
     opts.max_deliveries = 3;
-    opts.backoff = Backoff {
-        initial: Duration::from_millis(100),
-        max: Duration::from_millis(200),
-    };
-    let metrics = BusMetrics::default();
-    opts.metrics = Some(metrics.clone());
     let (shutdown, task) = start(&stream, recorder.clone(), opts);
     stream.publish(&expiration(4)).await;
     eventually(Duration::from_secs(10), "three deliveries", || async {
@@ -311,9 +322,7 @@ async fn an_event_still_not_applicable_after_the_delivery_limit_is_given_up_and_
     let subject = Subject::ExpirationComplete.as_str();
     assert_eq!(metrics.handled_count(subject, "retry"), 2);
     assert_eq!(metrics.handled_count(subject, "gave_up"), 1);
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -323,13 +332,9 @@ async fn a_dependency_outage_keeps_the_message_without_using_up_its_deliveries()
         outage: AtomicU64::new(5),
         ..Default::default()
     });
-    let mut opts = options(&stream);
+    let (mut opts, _) = counted_options(&stream, 300, 1000);
     // A limit of one delivery: an outage that counted would give the event up at once.
     opts.max_deliveries = 1;
-    opts.backoff = Backoff {
-        initial: Duration::from_millis(300),
-        max: Duration::from_secs(1),
-    };
     let (shutdown, task) = start(&stream, recorder.clone(), opts);
     stream.publish(&expiration(5)).await;
     // Five failed attempts over about 4 s, longer than the 2 s ack wait, then success.
@@ -347,8 +352,83 @@ async fn a_dependency_outage_keeps_the_message_without_using_up_its_deliveries()
     })
     .await;
     assert_eq!(consumer_info(&stream).await.num_redelivered, 0);
+    finish(stream, shutdown, task).await;
+}
+
+#[tokio::test]
+async fn a_message_whose_handler_panicked_is_redelivered_and_the_listener_keeps_going() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        panics: AtomicU64::new(1),
+        ..Default::default()
+    });
+    let (opts, metrics) = counted_options(&stream, 100, 200);
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    stream.publish(&expiration(8)).await;
+    stream.publish(&expiration(9)).await;
+    let subject = Subject::ExpirationComplete.as_str();
+    eventually(Duration::from_secs(10), "both acked", || async {
+        metrics.handled_count(subject, "ack") == 2
+    })
+    .await;
+    assert_eq!(metrics.handled_count(subject, "panic"), 1);
+    // Three calls: the one that panicked, its redelivery, and the other event.
+    let mut ids = recorder.ids();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, [expiration(8).order_id, expiration(9).order_id]);
+    eventually(Duration::from_secs(5), "both acked", || async {
+        consumer_info(&stream).await.num_ack_pending == 0
+    })
+    .await;
+    finish(stream, shutdown, task).await;
+}
+
+#[tokio::test]
+async fn a_supervised_listener_that_cannot_start_is_started_again_until_it_can() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder::default());
+    let (mut opts, metrics) = counted_options(&stream, 1000, 60_000);
+    // A stream that does not exist yet: the runner fails to set up its consumer.
+    opts.stream.name = format!("{}-later", stream.spec.name);
+    opts.stream.subject_prefix = format!("{}later.", stream.spec.subject_prefix);
+    let shutdown = CancellationToken::new();
+    let supervised = tokio::spawn(common::bus::supervise(
+        stream.js.clone(),
+        recorder.clone(),
+        opts.clone(),
+        shutdown.clone(),
+    ));
+    let consumer = consumer_name(Recorder::QUEUE_GROUP, Subject::ExpirationComplete);
+    let restarts = || {
+        metrics
+            .restarts
+            .get_or_create(&common::bus::ConsumerLabels {
+                consumer: consumer.clone(),
+            })
+            .get()
+    };
+    eventually(Duration::from_secs(10), "a restart", || async {
+        restarts() >= 1
+    })
+    .await;
+    common::bus::ensure_stream(&stream.js, &opts.stream)
+        .await
+        .unwrap();
+    common::bus::Publisher::new(stream.js.clone(), opts.stream.clone(), None)
+        .publish(&expiration(10))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the event once the stream exists",
+        || async { recorder.ids() == [expiration(10).order_id] },
+    )
+    .await;
     shutdown.cancel();
-    task.await.unwrap();
+    supervised.await.unwrap();
+    let _ = stream.js.delete_stream(&opts.stream.name).await;
     stream.delete().await;
 }
 
@@ -368,9 +448,7 @@ async fn invalid_events_are_terminated_before_they_reach_the_handler() {
     }
     stream.publish(&expiration(6)).await;
     let recorder = Arc::new(Recorder::default());
-    let mut opts = options(&stream);
-    let metrics = BusMetrics::default();
-    opts.metrics = Some(metrics.clone());
+    let (opts, metrics) = counted_options(&stream, 1000, 60_000);
     let (shutdown, task) = start(&stream, recorder.clone(), opts);
     eventually(Duration::from_secs(10), "the valid event", || async {
         recorder.ids().len() == 1
@@ -384,9 +462,7 @@ async fn invalid_events_are_terminated_before_they_reach_the_handler() {
         metrics.handled_count(Subject::ExpirationComplete.as_str(), "invalid"),
         2
     );
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]
@@ -487,6 +563,28 @@ async fn ensure_stream_adds_missing_subjects_to_a_stream_another_service_created
 }
 
 #[tokio::test]
+async fn a_new_stream_whose_subjects_another_stream_holds_names_that_stream_and_the_fix() {
+    let stream = TestStream::new().await;
+    // NATS_CLUSTER_ID changed, but the old stream still captures the same subjects.
+    let renamed = common::bus::StreamSpec {
+        name: format!("{}-renamed", stream.spec.name),
+        subject_prefix: stream.spec.subject_prefix.clone(),
+    };
+    let error = common::bus::ensure_stream(&stream.js, &renamed)
+        .await
+        .unwrap_err()
+        .to_string();
+    let holder = &stream.spec.name;
+    assert!(
+        error.contains(&format!("stream `{holder}` already does"))
+            && error.contains(&format!("Set NATS_CLUSTER_ID={holder}"))
+            && error.contains(&format!("`{}`", stream.spec.subject(Subject::OrderCreated))),
+        "{error}"
+    );
+    stream.delete().await;
+}
+
+#[tokio::test]
 async fn a_listener_sees_only_its_own_subject() {
     let stream = TestStream::new().await;
     let recorder = Arc::new(Recorder::default());
@@ -503,9 +601,7 @@ async fn a_listener_sees_only_its_own_subject() {
         [expiration(4).order_id],
         "the ticket event never reached it"
     );
-    shutdown.cancel();
-    task.await.unwrap();
-    stream.delete().await;
+    finish(stream, shutdown, task).await;
 }
 
 #[tokio::test]

@@ -117,16 +117,6 @@ impl MongoUri {
 mod tests {
     use super::*;
 
-    fn lookup(pairs: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let pairs = pairs.to_vec();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
-    }
-
     const BASE: [(&str, &str); 3] = [
         ("JWT_KEY", "asdf"),
         ("MONGO_URI", "mongodb://orders-mongo-srv:27017/orders"),
@@ -135,7 +125,7 @@ mod tests {
 
     #[test]
     fn reads_the_node_manifests_variables_with_their_defaults() {
-        let config = Config::from_lookup(lookup(&BASE)).unwrap();
+        let config = Config::from_pairs(&BASE).unwrap();
         assert_eq!(config.mongo.database, "orders");
         assert_eq!(config.port, 3000);
         assert_eq!(config.expiration_window, Duration::from_secs(900));
@@ -145,7 +135,7 @@ mod tests {
         assert_eq!(config.body_limit, 16 * 1024);
         let mut pairs = BASE.to_vec();
         pairs.extend([("PORT", "8080"), ("EXPIRATION_WINDOW_SECONDS", "60")]);
-        let config = Config::from_lookup(lookup(&pairs)).unwrap();
+        let config = Config::from_pairs(&pairs).unwrap();
         assert_eq!(
             (config.port, config.expiration_window),
             (8080, Duration::from_secs(60))
@@ -160,7 +150,7 @@ mod tests {
                 .copied()
                 .filter(|(k, _)| *k != missing)
                 .collect();
-            let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+            let error = Config::from_pairs(&pairs).unwrap_err().to_string();
             assert!(
                 error.starts_with(&format!("{missing} must be set")),
                 "{error}"
@@ -168,14 +158,14 @@ mod tests {
         }
         let mut pairs = BASE.to_vec();
         pairs.push(("EXPIRATION_WINDOW_SECONDS", "soon"));
-        let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        let error = Config::from_pairs(&pairs).unwrap_err().to_string();
         assert_eq!(
             error,
             "EXPIRATION_WINDOW_SECONDS=`soon` is invalid: expected a whole number of seconds, at least 1"
         );
         let mut pairs = BASE.to_vec();
         pairs[1] = ("MONGO_URI", "postgres://admin:hunter2@h/x");
-        let error = Config::from_lookup(lookup(&pairs)).unwrap_err().to_string();
+        let error = Config::from_pairs(&pairs).unwrap_err().to_string();
         assert!(
             error.starts_with("MONGO_URI=`postgres://<redacted>@h/x` is invalid"),
             "{error}"
@@ -201,7 +191,7 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs[0] = ("JWT_KEY", "super-secret-key");
         pairs[1] = ("MONGO_URI", "mongodb://admin:hunter2@h:1/orders");
-        let shown = format!("{:?}", Config::from_lookup(lookup(&pairs)).unwrap());
+        let shown = format!("{:?}", Config::from_pairs(&pairs).unwrap());
         assert!(!shown.contains("super-secret-key"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
     }

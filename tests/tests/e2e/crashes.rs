@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use common::Subject;
 use e2e::orders_api::OrdersApi;
-use e2e::process::OwnNats;
+use e2e::process::NatsServer;
 use e2e::scenario::Scenario;
 
 use super::support::{assert_expired_exactly_once, last_expiry, place_orders, until};
@@ -72,7 +72,7 @@ async fn killing_the_orders_service_while_expirations_arrive_loses_no_cancellati
 
 #[tokio::test]
 async fn restarting_the_nats_server_mid_run_loses_no_event() {
-    let mut nats = OwnNats::start().await.unwrap();
+    let mut nats = NatsServer::start().await;
     let world = Scenario::on_nats(&nats.url(), 8).await;
     let orders = world.start_orders("nats-restart-orders").await.unwrap();
     let expiration = world
@@ -89,7 +89,7 @@ async fn restarting_the_nats_server_mid_run_loses_no_event() {
     )
     .await;
     wait_for_some(&world, Subject::ExpirationComplete, 40).await;
-    nats.restart().await.unwrap();
+    nats.restart().await;
     // The log's consumer lived on the old server process: read the stream afresh from its store.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = world.stream.log().await;

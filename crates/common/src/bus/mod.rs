@@ -20,5 +20,5 @@ pub use listener::{
     Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,
     consumer_name, run_listener, supervise,
 };
-pub use metrics::BusMetrics;
+pub use metrics::{BusMetrics, ConsumerLabels};
 pub use publisher::{PublishError, Published, Publisher};

@@ -23,10 +23,12 @@ impl Event for TicketCreated {
     }
 
     fn validate(&self) -> Result<(), InvalidEvent> {
-        validate::object_id("id", &self.id)?;
-        validate::version(self.version)?;
-        validate::text("title", &self.title, validate::MAX_TITLE_BYTES)?;
-        validate::price(self.price)?;
-        validate::text("userId", &self.user_id, validate::MAX_ID_BYTES)
+        validate::ticket(
+            &self.id,
+            self.version,
+            &self.title,
+            self.price,
+            &self.user_id,
+        )
     }
 }

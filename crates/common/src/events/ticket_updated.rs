@@ -26,11 +26,13 @@ impl Event for TicketUpdated {
     }
 
     fn validate(&self) -> Result<(), InvalidEvent> {
-        validate::object_id("id", &self.id)?;
-        validate::version(self.version)?;
-        validate::text("title", &self.title, validate::MAX_TITLE_BYTES)?;
-        validate::price(self.price)?;
-        validate::text("userId", &self.user_id, validate::MAX_ID_BYTES)?;
+        validate::ticket(
+            &self.id,
+            self.version,
+            &self.title,
+            self.price,
+            &self.user_id,
+        )?;
         match &self.order_id {
             Some(order_id) => validate::object_id("orderId", order_id),
             None => Ok(()),

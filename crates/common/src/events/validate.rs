@@ -68,6 +68,21 @@ pub fn text(field: &'static str, value: &str, max: usize) -> Result<(), InvalidE
     }
 }
 
+/// The fields `ticket:created` and `ticket:updated` share.
+pub fn ticket(
+    id: &str,
+    version: u64,
+    title: &str,
+    price: f64,
+    user_id: &str,
+) -> Result<(), InvalidEvent> {
+    object_id("id", id)?;
+    self::version(version)?;
+    text("title", title, MAX_TITLE_BYTES)?;
+    self::price(price)?;
+    text("userId", user_id, MAX_ID_BYTES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,195 +1,16 @@
-//! Test support: where the local stack (`scripts/stack up`) listens, and a JetStream stream of
-//! a test's own so that tests share one NATS server without seeing each other's events.
+//! A JetStream stream of a test's own, so that tests share one NATS server without seeing each
+//! other's events, and the log of everything it holds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+use super::{eventually, nats_url, unique_name};
 use crate::bus::{self, Publisher, StreamSpec};
 use crate::{Event, Subject};
 
-/// An HTTP answer, for tests.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: http::StatusCode,
-    pub content_type: Option<String>,
-    pub body: String,
-}
-
-impl Answer {
-    /// The body as JSON (`Null` when it is empty or not JSON).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// The messages of a SPEC error body; panics if the body is not one.
-    pub fn messages(&self) -> Vec<String> {
-        self.json()["errors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("not an error body: {:?} {}", self.status, self.body))
-            .iter()
-            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-}
-
-/// Sends one HTTP/1.1 request on a fresh connection to `host:port`.
-pub async fn send(
-    (host, port): (&str, u16),
-    method: http::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<bytes::Bytes>,
-) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
-    use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect((host, port)).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, format!("{host}:{port}"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(http_body_util::Full::new(body.unwrap_or_default()))?)
-        .await?;
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(Answer {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-/// `NATS_URL`, or the local stack's default.
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:14222".into())
-}
-
-/// `REDIS_URL`, or the local stack's default.
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".into())
-}
-
-/// `MONGO_URI`, or the local stack's default.
-pub fn mongo_uri() -> String {
-    std::env::var("MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:37017".into())
-}
-
-/// A free TCP port on the loopback interface (released before it is returned).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-/// A child process that is SIGKILLed when dropped, so that a failing test leaves none behind.
-pub struct ChildProcess {
-    child: Option<std::process::Child>,
-}
-
-impl ChildProcess {
-    /// Spawns `command`.
-    pub fn spawn(command: &mut std::process::Command) -> std::io::Result<Self> {
-        Ok(ChildProcess {
-            child: Some(command.spawn()?),
-        })
-    }
-
-    /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
-    }
-
-    /// SIGKILL: it dies at once, whatever it was doing.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM, then its exit status once it has stopped (SIGKILL after `deadline`).
-    pub async fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if start.elapsed() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `GET /readyz` on `port` until it answers 200; panics with `what` after `deadline`.
-pub async fn wait_ready(port: u16, deadline: Duration, what: &str) {
-    eventually(deadline, what, || async {
-        send(("127.0.0.1", port), http::Method::GET, "/readyz", &[], None)
-            .await
-            .is_ok_and(|answer| answer.status == http::StatusCode::OK)
-    })
-    .await;
-}
-
-/// A name no other test of any process uses: `<prefix>-<pid>-<time>-<counter>`.
-pub fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Polls `condition` every 20 ms until it holds; panics with `what` after `deadline`.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A stream of the test's own on the local stack's NATS, with all six subjects under a unique
-/// prefix. Call [`TestStream::delete`] at the end of the test.
+/// A stream of the test's own on the local stack's NATS (or a server of the test's own), with
+/// all six subjects under a unique prefix. It is deleted, with its consumers, when dropped.
 pub struct TestStream {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -211,9 +32,14 @@ impl TestStream {
             subject_prefix: format!("{name}."),
             name,
         };
-        let client = async_nats::connect(url).await.unwrap_or_else(|e| {
-            panic!("NATS at {url} does not answer ({e}); run scripts/stack up")
-        });
+        let client = async_nats::ConnectOptions::new()
+            // Reconnect at once after a test restarts its own server.
+            .reconnect_delay_callback(|_| Duration::from_millis(100))
+            .connect(url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("NATS at {url} does not answer ({e}); run scripts/stack up")
+            });
         let js = jetstream::new(client.clone());
         bus::ensure_stream(&js, &spec)
             .await
@@ -235,6 +61,17 @@ impl TestStream {
         ]
     }
 
+    /// Waits (up to 10 s) until this stream's connection is up again, after a test restarted its
+    /// own server.
+    pub async fn reconnected(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the test's NATS client to reconnect",
+            || async { self.client.connection_state() == async_nats::connection::State::Connected },
+        )
+        .await;
+    }
+
     /// A publisher to this stream.
     pub fn publisher(&self) -> Publisher {
         Publisher::new(self.js.clone(), self.spec.clone(), None)
@@ -244,6 +81,19 @@ impl TestStream {
     pub async fn publish<E: Event>(&self, event: &E) {
         self.publisher()
             .publish(event)
+            .await
+            .expect("publishing a test event");
+    }
+
+    /// Publishes `event` under a message id of its own, so that JetStream stores it even if the
+    /// same event was published before: a redelivery as consumers see it.
+    pub async fn publish_again<E: Event>(&self, event: &E) {
+        self.publisher()
+            .publish_body(
+                E::SUBJECT,
+                &unique_name("again"),
+                serde_json::to_vec(event).expect("events serialise").into(),
+            )
             .await
             .expect("publishing a test event");
     }
@@ -304,9 +154,37 @@ impl TestStream {
         }
     }
 
-    /// Removes the stream and its consumers.
+    /// Removes the stream and its consumers now (dropping it does the same).
     pub async fn delete(self) {
         let _ = self.js.delete_stream(&self.spec.name).await;
+    }
+}
+
+impl Drop for TestStream {
+    /// Deletes the stream, on a thread of its own (a drop cannot await, and the test's runtime
+    /// may be shutting down); a stream already deleted is no error.
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.spec.name.clone());
+        let deleting = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(url.as_str());
+                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await
+                {
+                    let js = jetstream::new(client);
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(3), js.delete_stream(&name)).await;
+                }
+            });
+        });
+        let _ = deleting.join();
     }
 }
 

@@ -1,24 +1,19 @@
 //! `DELETE /api/orders/{order_id}`: cancel an order and release its ticket.
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use common::events::OrderStatus;
-use common::http::{ApiError, RequireAuth};
+use common::http::ApiError;
 use http::StatusCode;
 
-use super::AppState;
-use super::show_order::owned_order;
+use super::{AppState, OwnedOrder};
 use crate::models::OrderChange;
 
 /// 204 once cancelled (also when it already was, without a new version or event); 400 for a
 /// paid order; otherwise as `GET /api/orders/{order_id}`.
 pub async fn cancel_order(
     State(state): State<AppState>,
-    RequireAuth(user): RequireAuth,
-    path: Result<Path<String>, PathRejection>,
+    OwnedOrder(order): OwnedOrder,
 ) -> Result<StatusCode, ApiError> {
-    let Path(order_id) = path?;
-    let order = owned_order(&state, &user.id, &order_id).await?;
     let order = match state.orders.cancel(order).await? {
         OrderChange::Changed(order) => {
             tracing::info!(order_id = %order.id, version = order.version, "order cancelled");

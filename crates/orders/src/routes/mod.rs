@@ -6,6 +6,7 @@ mod create_order;
 mod list_orders;
 mod observe;
 mod ops;
+mod owned_order;
 mod response;
 mod show_order;
 
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::models::{Orders, StoreError, Tickets};
 use crate::outbox::Outbox;
 
+pub use owned_order::OwnedOrder;
 pub use response::{OrderResponse, TicketResponse};
 
 /// What every handler may use.

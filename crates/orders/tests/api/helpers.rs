@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::Subject;
 use common::bus::{StreamSpec, consumer_name};
 use common::config::Settings;
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
-use common::testing::{TestStream, mongo_uri, nats_url, unique_name};
-use common::{Event, Subject};
+use common::testing::{TestStream, mongo_uri, nats_url};
 use http::Method;
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -167,20 +167,6 @@ impl TestApp {
             &serde_json::json!({ "ticketId": ticket_id.to_hex() }),
         )
         .await
-    }
-
-    /// Publishes `event` under a message id of its own, so that JetStream stores it even if the
-    /// same event was published before: a redelivery as consumers see it.
-    pub async fn redeliver<E: Event>(&self, event: &E) {
-        self.stream
-            .publisher()
-            .publish_body(
-                E::SUBJECT,
-                &unique_name("redelivery"),
-                Bytes::from(serde_json::to_vec(event).unwrap()),
-            )
-            .await
-            .unwrap();
     }
 
     /// Waits until the service's consumer of `subject` has acknowledged everything on it.

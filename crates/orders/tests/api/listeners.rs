@@ -56,7 +56,7 @@ async fn ticket_created_stores_the_replica_and_acks_a_redelivery() {
     let id = ObjectId::new();
     let event = created(id, "concert", 12.5);
     app.stream.publish(&event).await;
-    app.redeliver(&event).await;
+    app.stream.publish_again(&event).await;
     app.wait_until_acked(Subject::TicketCreated).await;
     let ticket = app.tickets().get(id).await.unwrap().expect("the replica");
     assert_eq!(
@@ -117,7 +117,7 @@ async fn ticket_updated_acks_an_update_already_applied_without_reapplying_it() {
             .is_some_and(|t| t.version == 2)
     })
     .await;
-    app.redeliver(&updated(id, 1, "v1", 20.0)).await;
+    app.stream.publish_again(&updated(id, 1, "v1", 20.0)).await;
     app.wait_until_acked(Subject::TicketUpdated).await;
     let ticket = app.tickets().get(id).await.unwrap().unwrap();
     assert_eq!(
@@ -153,7 +153,7 @@ async fn expiration_complete_cancels_an_open_order_and_publishes_order_cancelled
     let order = app.order(&id).await;
     assert_eq!((order.status.as_str(), order.version), ("cancelled", 1));
 
-    app.redeliver(&expiry).await;
+    app.stream.publish_again(&expiry).await;
     app.wait_until_acked(Subject::ExpirationComplete).await;
     assert_eq!(
         app.order(&id).await.version,
@@ -201,7 +201,7 @@ async fn payment_created_completes_the_order_once() {
         order.outbox.is_empty(),
         "a paid order's published order:created leaves its outbox"
     );
-    app.redeliver(&paid).await;
+    app.stream.publish_again(&paid).await;
     app.wait_until_acked(Subject::PaymentCreated).await;
     assert_eq!(
         app.order(&id).await.version,

@@ -1,122 +1,24 @@
 //! No lost events: with NATS down, after a crash, and on restart.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use chrono::Utc;
 use common::Subject;
-use common::bus::{Publisher, StreamSpec};
+use common::bus::Publisher;
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
-use common::testing::{TestStream, eventually, unique_name};
+use common::testing::{NatsServer, TestStream, eventually};
 use http::{Method, StatusCode};
 use mongodb::bson::{self, oid::ObjectId};
 use orders::models::{Order, OutboxEntry};
 
 use super::helpers::{init_logs, send, signed_in, start, test_config};
 
-/// A NATS server of the test's own, which it can stop and start again on the same port and
-/// storage directory.
-struct OwnNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl OwnNats {
-    fn start() -> OwnNats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(unique_name("orders-nats"));
-        let mut nats = OwnNats {
-            port,
-            dir,
-            child: None,
-        };
-        nats.resume();
-        nats
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn resume(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH (scripts/stack up installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn bodies(js: &jetstream::Context, spec: &StreamSpec, subject: Subject) -> Vec<String> {
-    let Ok(stream) = js.get_stream(&spec.name).await else {
-        return Vec::new();
-    };
-    let last = stream
-        .get_info()
-        .await
-        .map(|i| i.state.last_sequence)
-        .unwrap_or(0);
-    let mut found = Vec::new();
-    for sequence in 1..=last {
-        if let Ok(message) = stream.get_raw_message(sequence).await
-            && message.subject.as_str() == spec.subject(subject)
-        {
-            found.push(String::from_utf8_lossy(&message.payload).into_owned());
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() {
     init_logs();
-    let mut nats = OwnNats::start();
-    let name = unique_name("outbox");
-    let spec = StreamSpec {
-        subject_prefix: format!("{name}."),
-        name,
-    };
-    let (port, db, shutdown, task) = start(test_config(&spec, &nats.url())).await;
+    let mut nats = NatsServer::start().await;
+    let stream = TestStream::on(&nats.url()).await;
+    let (port, db, shutdown, task) = start(test_config(&stream.spec, &nats.url())).await;
     let tickets = orders::models::Tickets::new(&db);
     let ticket = orders::models::Ticket {
         id: ObjectId::new(),
@@ -127,7 +29,7 @@ async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() 
     tickets.insert(&ticket).await.unwrap();
     let (cookie, _) = signed_in();
 
-    nats.stop();
+    nats.kill().await;
     let body = serde_json::json!({ "ticketId": ticket.id.to_hex() }).to_string();
     let headers = [
         ("cookie", cookie.as_str()),
@@ -155,13 +57,12 @@ async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() 
     assert_eq!(ready.json()["checks"]["mongodb"], "ok");
     assert_ne!(ready.json()["checks"]["nats"], "ok");
 
-    nats.resume();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
+    nats.start_again().await;
+    stream.reconnected().await;
     eventually(
         Duration::from_secs(20),
         "order:created after NATS returned",
-        || async { !bodies(&js, &spec, Subject::OrderCreated).await.is_empty() },
+        || async { !stream.bodies(Subject::OrderCreated).await.is_empty() },
     )
     .await;
     eventually(
@@ -175,14 +76,13 @@ async fn an_order_placed_while_nats_is_down_is_published_once_when_it_returns() 
     .await;
     // Several relay passes later there is still exactly one copy.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let published = bodies(&js, &spec, Subject::OrderCreated).await;
+    let published = stream.bodies(Subject::OrderCreated).await;
     assert_eq!(published.len(), 1, "{published:?}");
     let event: OrderCreated = serde_json::from_str(&published[0]).unwrap();
     assert_eq!((event.id.as_str(), event.version), (id.as_str(), 0));
 
     shutdown.cancel();
     task.await.unwrap().unwrap();
-    let _ = js.delete_stream(&spec.name).await;
     let _ = db.drop().await;
 }
 

@@ -7,6 +7,55 @@ use common::testing::{TestStream, mongo_uri};
 
 use super::helpers::{full_env, orders_binary};
 
+#[test]
+fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
+    use common::testing::cli;
+    let orders = std::path::Path::new(env!("CARGO_BIN_EXE_orders"));
+    cli::assert_help(
+        orders,
+        &[],
+        &[
+            "MONGO_URI",
+            "JWT_KEY",
+            "NATS_URL",
+            "EXPIRATION_WINDOW_SECONDS",
+            "HTTP_MAX_CONNECTIONS",
+        ],
+    );
+    let unreachable = [
+        ("JWT_KEY", "k"),
+        ("MONGO_URI", "mongodb://admin:hunter2@127.0.0.1:1/x"),
+        ("NATS_URL", "nats://127.0.0.1:1"),
+    ];
+    cli::assert_one_line_error(
+        orders,
+        &[],
+        &cli::with(&unreachable, ("EXPIRATION_WINDOW_SECONDS", "soon")),
+        "EXPIRATION_WINDOW_SECONDS=`soon` is invalid: expected a whole number of seconds",
+    );
+    cli::assert_one_line_error(
+        orders,
+        &[],
+        &cli::with(&unreachable, ("PORT", "70000")),
+        "PORT=`70000` is invalid",
+    );
+    cli::assert_one_line_error(orders, &[], &[], "MONGO_URI must be set");
+    cli::assert_one_line_error(orders, &["--bogus"], &unreachable, "unexpected argument");
+    let (code, stdout, _) = cli::run(orders, &["--env-vars"], &[]);
+    assert_eq!(code, Some(0));
+    let vars: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let port = vars
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|var| var["name"] == "PORT")
+        .unwrap();
+    assert_eq!(
+        (&port["default"], &port["required"]),
+        (&"3000".into(), &false.into())
+    );
+}
+
 #[tokio::test]
 async fn the_binary_refuses_to_start_without_jwt_key_or_mongo_uri_and_names_it() {
     let stream = TestStream::new().await;

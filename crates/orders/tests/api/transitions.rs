@@ -7,12 +7,12 @@ use std::time::Duration;
 use common::Subject;
 use common::bus::consumer_name;
 use common::events::{ExpirationComplete, OrderCancelled, OrderStatus, PaymentCreated};
-use common::testing::{ChildProcess, TestStream, eventually, free_port, mongo_uri, wait_ready};
+use common::testing::{ServiceProcess, TestStream, eventually, free_port, mongo_uri, temp_dir};
 use http::{Method, StatusCode};
 use mongodb::bson::{doc, oid::ObjectId};
 use orders::models::{OrderChange, Orders, Ticket, Tickets, Transition};
 
-use super::helpers::{JWT_SECRET, TestApp, full_env, orders_binary, send, signed_in};
+use super::helpers::{JWT_SECRET, TestApp, full_env, send, signed_in};
 
 const ROUNDS: usize = 20;
 const WRITERS: usize = 20;
@@ -95,7 +95,7 @@ async fn payments_expiries_and_deletes_racing_for_one_order_leave_one_outcome_an
                         let expiry = ExpirationComplete {
                             order_id: id.clone(),
                         };
-                        app.redeliver(&expiry).await;
+                        app.stream.publish_again(&expiry).await;
                         None
                     }
                     _ => {
@@ -104,7 +104,7 @@ async fn payments_expiries_and_deletes_racing_for_one_order_leave_one_outcome_an
                             order_id: id.clone(),
                             stripe_id: format!("ch_{racer}"),
                         };
-                        app.redeliver(&payment).await;
+                        app.stream.publish_again(&payment).await;
                         None
                     }
                 }
@@ -173,16 +173,14 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
         ticket_ids.push(ticket.id);
     }
 
+    let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let mut held_env = env.clone();
-    held_env.push(("ORDERS_FAULT_HOLD_AFTER_CLAIM", "true".into()));
-    let quiet = |mut command: std::process::Command| {
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        command
-    };
-    let mut held = ChildProcess::spawn(&mut quiet(orders_binary(&held_env))).unwrap();
-    wait_ready(port, Duration::from_secs(30), "the holding orders process").await;
+    held_env.push(("ORDERS_FAULT_HOLD_AFTER_CLAIM".into(), "true".into()));
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_orders"));
+    let logs = temp_dir("orders-logs");
+    let mut held = ServiceProcess::start("orders-holding", binary, held_env, port, &logs)
+        .await
+        .unwrap();
     let (cookie, _) = signed_in();
     let mut ids = Vec::new();
     for ticket in &ticket_ids {
@@ -226,7 +224,7 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
         claims.count_documents(doc! {}).await.unwrap() == 2
     })
     .await;
-    held.kill();
+    held.kill().await;
     assert!(
         delete.await.unwrap().is_err(),
         "the DELETE died with the process"
@@ -242,13 +240,9 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
         );
     }
 
-    let mut restarted = ChildProcess::spawn(&mut quiet(orders_binary(&env))).unwrap();
-    wait_ready(
-        port,
-        Duration::from_secs(30),
-        "the restarted orders process",
-    )
-    .await;
+    let mut restarted = ServiceProcess::start("orders-restarted", binary, env, port, &logs)
+        .await
+        .unwrap();
     eventually(Duration::from_secs(20), "both changes finished", || async {
         let get = |id: &str| orders.get(ObjectId::parse_str(id).unwrap());
         let (a, b) = (get(&cancelled).await.unwrap(), get(&paid).await.unwrap());
@@ -315,8 +309,7 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
         .await;
         assert_eq!(answer.status, expected, "{}", answer.body);
     }
-    let exit = restarted.terminate(Duration::from_secs(20)).await;
-    assert!(exit.is_some_and(|status| status.success()), "{exit:?}");
+    assert_eq!(restarted.terminate().await.unwrap(), Some(0));
     let _ = db.drop().await;
     stream.delete().await;
 }

@@ -1,0 +1,392 @@
+//! Processes a test owns, every one killed when dropped: a NATS server (JetStream on disk) or a
+//! Redis server (append-only, fsync always) of the test's own, which it can kill and start again
+//! on the same port and data, and the service binaries themselves ([`ServiceProcess`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::{eventually, temp_dir};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A free TCP port on the loopback interface (released before it is returned).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// SIGTERM to `child`, then its exit code once it has exited (at most `deadline`).
+async fn terminate(child: &mut Child, deadline: Duration) -> Result<Option<i32>, BoxError> {
+    if let Some(pid) = child.id() {
+        signal(pid, "TERM");
+    }
+    let status = tokio::time::timeout(deadline, child.wait())
+        .await
+        .map_err(|_| format!("no exit within {deadline:?} of SIGTERM"))??;
+    Ok(status.code())
+}
+
+/// How to run one kind of server of a test's own.
+pub trait Launch {
+    /// The program and its arguments for `port` and data directory `dir`.
+    fn command(port: u16, dir: &Path) -> Command;
+    /// Whether the server on `port` answers.
+    fn answers(port: u16) -> impl Future<Output = bool> + Send;
+}
+
+/// A server process of a test's own, on a free port with its data in a directory of its own
+/// that survives restarts and is removed on drop.
+pub struct OwnServer<S> {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    kind: std::marker::PhantomData<S>,
+}
+
+impl<S: Launch> OwnServer<S> {
+    async fn start_in(dir: PathBuf) -> Self {
+        let mut server = OwnServer {
+            port: free_port(),
+            dir,
+            child: None,
+            kind: std::marker::PhantomData,
+        };
+        server.start_again().await;
+        server
+    }
+
+    /// Starts it (again) on its port and data, and waits until it answers.
+    pub async fn start_again(&mut self) {
+        let child = S::command(self.port, &self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start a test server ({e}); run scripts/stack up"));
+        self.child = Some(child);
+        let port = self.port;
+        eventually(
+            Duration::from_secs(10),
+            "the test's own server to answer",
+            || S::answers(port),
+        )
+        .await;
+    }
+
+    /// SIGKILL: it dies at once; its data stays for [`OwnServer::start_again`].
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM, and waits until it has exited.
+    pub async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = terminate(&mut child, Duration::from_secs(10)).await;
+        }
+    }
+
+    /// SIGKILL, then the same server again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.start_again().await;
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+impl<S> Drop for OwnServer<S> {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `nats-server -js`, its JetStream store on disk.
+pub struct Nats;
+
+impl Launch for Nats {
+    fn command(port: u16, dir: &Path) -> Command {
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir);
+        command
+    }
+
+    async fn answers(port: u16) -> bool {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    }
+}
+
+/// A NATS server with JetStream of the test's own.
+pub type NatsServer = OwnServer<Nats>;
+
+impl NatsServer {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        Self::start_in(temp_dir("nats")).await
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `redis-server` with append-only persistence fsynced on every write.
+pub struct Redis;
+
+impl Launch for Redis {
+    fn command(port: u16, dir: &Path) -> Command {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir);
+        command
+    }
+
+    async fn answers(port: u16) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").await.is_ok()
+            && stream.read_exact(&mut reply).await.is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+}
+
+/// A Redis server of the test's own.
+pub type RedisServer = OwnServer<Redis>;
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        Self::start_in(temp_dir("redis")).await
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A service binary running as a child process with exactly the environment it is given (plus
+/// `PATH`), its output appended to a log file. It can be killed (SIGKILL), stopped (SIGTERM) and
+/// started again with the same environment. The log is removed on drop unless the test failed
+/// or [`ServiceProcess::keep_log`] was called; a failed test prints where it is.
+pub struct ServiceProcess {
+    pub name: String,
+    path: PathBuf,
+    env: Vec<(String, String)>,
+    /// The port serving `/readyz`.
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+    keep_log: bool,
+}
+
+impl ServiceProcess {
+    /// Starts the binary at `path` as `name` with `env`, logging to `<log_dir>/<name>.log`, and
+    /// waits (up to 30 s) until `/readyz` on `port` answers 200.
+    pub async fn start(
+        name: &str,
+        path: &Path,
+        env: Vec<(String, String)>,
+        port: u16,
+        log_dir: &Path,
+    ) -> Result<Self, BoxError> {
+        let mut process = Self::spawn(name, path, env, port, log_dir)?;
+        process.wait_ready(Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
+    /// As [`ServiceProcess::start`], without waiting for readiness.
+    pub fn spawn(
+        name: &str,
+        path: &Path,
+        env: Vec<(String, String)>,
+        port: u16,
+        log_dir: &Path,
+    ) -> Result<Self, BoxError> {
+        if !path.is_file() {
+            return Err(format!(
+                "{} is missing: build the services first (cargo build --workspace --bins)",
+                path.display()
+            )
+            .into());
+        }
+        std::fs::create_dir_all(log_dir)?;
+        let mut process = ServiceProcess {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            env,
+            port,
+            child: None,
+            log: log_dir.join(format!("{name}.log")),
+            starts: 0,
+            keep_log: false,
+        };
+        process.launch()?;
+        Ok(process)
+    }
+
+    fn launch(&mut self) -> Result<(), BoxError> {
+        use std::io::Write;
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        writeln!(&log, "---- start #{} of {} ----", self.starts, self.name)?;
+        let child = Command::new(&self.path)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `/readyz` until it answers 200; fails with the log's tail if the process exits or
+    /// `deadline` passes first.
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<(), BoxError> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                let tail = self.log_tail(30);
+                return Err(format!(
+                    "{} exited with {status} before it was ready; log:\n{tail}",
+                    self.name
+                )
+                .into());
+            }
+            if let Ok(answer) = super::get(self.port, "/readyz").await
+                && answer.status == http::StatusCode::OK
+            {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                let tail = self.log_tail(30);
+                return Err(
+                    format!("{} not ready after {deadline:?}; log:\n{tail}", self.name).into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The value of the metric line `name` it serves on `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        super::metric(self.port, name).await
+    }
+
+    /// SIGKILL: the process dies at once, whatever it was doing.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM, then its exit code once it has exited (at most 30 s).
+    pub async fn terminate(&mut self) -> Result<Option<i32>, BoxError> {
+        match self.child.take() {
+            Some(mut child) => terminate(&mut child, Duration::from_secs(30)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Starts the same binary with the same environment again (killing it first if it runs)
+    /// and waits until it is ready.
+    pub async fn restart(&mut self) -> Result<(), BoxError> {
+        self.kill().await;
+        self.launch()?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    /// Keeps the log file after the test (the end-to-end harness keeps them for people).
+    pub fn keep_log(&mut self) {
+        self.keep_log = true;
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The log file's path.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("{} log: {}", self.name, self.log.display());
+        } else if !self.keep_log {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The queue alone: keyed scheduling, exclusive claims, leases, retries, dead letters, wake-ups.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::bus::Backoff;
+use common::testing::{eventually, redis_url};
+use expiration::metrics::Metrics;
+use expiration::queue::{Job, Queue};
+use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
+
+use super::helpers::*;
+
+#[tokio::test]
+async fn a_job_is_claimed_only_once_its_due_time_has_come() {
+    let queue = test_queue().await;
+    let due = now_ms() + 400;
+    queue.schedule("a", due).await.unwrap();
+    let early = queue.claim(10, LEASE).await.unwrap();
+    assert!(early.jobs.is_empty(), "claimed before due: {early:?}");
+    let wait = early
+        .next_in()
+        .expect("the claim tells when the job is due");
+    assert!(
+        wait > Duration::from_millis(250) && wait <= Duration::from_millis(400),
+        "{wait:?}"
+    );
+    tokio::time::sleep(wait).await;
+    let claim = queue.claim(10, LEASE).await.unwrap();
+    assert_eq!(claim.jobs.len(), 1);
+    let job = &claim.jobs[0];
+    assert_eq!((job.id.as_str(), job.due_ms, job.attempts), ("a", due, 1));
+    assert!(
+        claim.now_us >= due * 1000,
+        "claimed before due by Redis' clock"
+    );
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn scheduling_is_keyed_the_same_due_time_changes_nothing_and_a_new_one_moves_the_job() {
+    let queue = test_queue().await;
+    let due = now_ms() + 60_000;
+    let first = queue.schedule("order", due).await.unwrap();
+    assert_eq!((first.added, first.woke), (1, true));
+    let again = queue.schedule("order", due).await.unwrap();
+    assert_eq!((again.added, again.moved, again.unchanged), (0, 0, 1));
+    assert!(!again.woke, "nothing moved earlier");
+    let later = queue.schedule("other", due + 1000).await.unwrap();
+    assert!(!later.woke, "a later job does not wake anyone");
+    let moved = queue.schedule("order", due - 30_000).await.unwrap();
+    assert_eq!((moved.added, moved.moved, moved.woke), (0, 1, true));
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.next_due_ms), (2, Some(due - 30_000)));
+    // Twice in one batch behaves as two calls.
+    let batch = queue
+        .schedule_many(&[("x", due), ("x", due), ("x", due + 5)])
+        .await
+        .unwrap();
+    assert_eq!((batch.added, batch.unchanged, batch.moved), (1, 1, 1));
+    assert_eq!(queue.stats().await.unwrap().waiting, 3);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_get_the_same_job() {
+    let first = test_queue().await;
+    let past = now_ms() - 1000;
+    let jobs: Vec<(String, i64)> = (0..2000).map(|n| (format!("job-{n}"), past)).collect();
+    assert_eq!(first.schedule_many(&jobs).await.unwrap().added, 2000);
+    let name = first.name().clone();
+    let mut claimers = Vec::new();
+    for _ in 0..4 {
+        // Each claimer on a connection of its own, as separate replicas are.
+        let queue = Queue::connect(&redis_url(), name.clone()).await.unwrap();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claim = queue.claim(37, LEASE).await.unwrap();
+                if claim.jobs.is_empty() {
+                    return mine;
+                }
+                mine.extend(claim.jobs.into_iter().map(|job| job.id));
+            }
+        }));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut busy = 0;
+    for claimer in claimers {
+        let mine = claimer.await.unwrap();
+        busy += usize::from(!mine.is_empty());
+        for id in mine {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), 2000, "every job claimed");
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "claimed more than once: {twice:?}");
+    assert!(busy >= 2, "the claimers really competed");
+    first.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimed_again_and_its_old_holder_can_no_longer_complete_it() {
+    let queue = test_queue().await;
+    queue.schedule("a", now_ms() - 10).await.unwrap();
+    let lease = Duration::from_millis(300);
+    let held = queue.claim(10, lease).await.unwrap();
+    assert_eq!(held.jobs.len(), 1);
+    assert!(
+        queue.claim(10, lease).await.unwrap().jobs.is_empty(),
+        "leased"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let claim = queue.claim(10, lease).await.unwrap();
+        if !claim.jobs.is_empty() {
+            break claim;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.reclaimed, 1);
+    let (old, new) = (&held.jobs[0], &again.jobs[0]);
+    assert_eq!((new.id.as_str(), new.attempts), ("a", 2));
+    assert_ne!(old.token, new.token);
+    assert_eq!(
+        queue
+            .complete(&[(old.id.clone(), old.token)])
+            .await
+            .unwrap(),
+        0,
+        "the stale holder cannot complete"
+    );
+    assert_eq!(queue.stats().await.unwrap().leased, 1);
+    assert_eq!(
+        queue
+            .complete(&[(new.id.clone(), new.token)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_moved_while_it_is_being_fired_survives_the_old_completion() {
+    let queue = test_queue().await;
+    queue.schedule("a", now_ms() - 10).await.unwrap();
+    let held = queue.claim(10, LEASE).await.unwrap().jobs.remove(0);
+    let later = now_ms() + 60_000;
+    let moved = queue.schedule("a", later).await.unwrap();
+    assert_eq!(moved.moved, 1);
+    assert_eq!(
+        queue
+            .complete(&[(held.id.clone(), held.token)])
+            .await
+            .unwrap(),
+        0
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.waiting, stats.leased, stats.next_due_ms),
+        (1, 0, Some(later))
+    );
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_removes_waiting_and_leased_jobs() {
+    let queue = test_queue().await;
+    let now = now_ms();
+    queue
+        .schedule_many(&[("leased", now - 10), ("waiting", now + 60_000)])
+        .await
+        .unwrap();
+    let held = queue.claim(10, LEASE).await.unwrap().jobs.remove(0);
+    assert_eq!(held.id, "leased");
+    assert_eq!(
+        queue
+            .cancel(&["leased", "waiting", "unknown"])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+    assert_eq!(
+        queue
+            .complete(&[(held.id.clone(), held.token)])
+            .await
+            .unwrap(),
+        0
+    );
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancellation_that_overtakes_the_creation_keeps_the_job_from_being_scheduled() {
+    let queue = test_queue().await;
+    assert_eq!(queue.cancel(&["late"]).await.unwrap(), 0);
+    let scheduled = queue.schedule("late", now_ms() - 10).await.unwrap();
+    assert_eq!((scheduled.added, scheduled.skipped), (0, 1));
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+    assert!(queue.claim(10, LEASE).await.unwrap().jobs.is_empty());
+    queue.delete().await.unwrap();
+}
+
+/// Fails while `failing` is set; counts calls.
+#[derive(Default)]
+struct Flaky {
+    failing: AtomicBool,
+    calls: AtomicUsize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("NATS is away")]
+struct Away;
+
+struct FlakyHandler(Arc<Flaky>);
+
+impl JobHandler for FlakyHandler {
+    async fn fire(&self, _: &Job) -> Result<(), BoxError> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        if self.0.failing.load(Ordering::SeqCst) {
+            Err(Box::new(Away))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_requeued() {
+    let queue = test_queue().await;
+    let handler = Arc::new(Flaky::default());
+    handler.failing.store(true, Ordering::SeqCst);
+    let metrics = Metrics::default();
+    let options = WorkerOptions {
+        max_attempts: 3,
+        backoff: Backoff {
+            initial: Duration::from_millis(300),
+            max: Duration::from_secs(1),
+        },
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(
+        queue.clone(),
+        FlakyHandler(handler.clone()),
+        options,
+        metrics.clone(),
+    );
+    queue.schedule("a", now_ms() - 10).await.unwrap();
+
+    let step = worker.step().await.unwrap();
+    assert_eq!((step.claimed, step.failed), (1, 1));
+    let stats = queue.stats().await.unwrap();
+    let wait = stats.next_due_ms.unwrap() - stats.now_ms;
+    assert!(
+        (200..=300).contains(&wait),
+        "due again after the backoff, in {wait} ms"
+    );
+    assert_eq!(worker.step().await.unwrap().claimed, 0, "not before it");
+
+    eventually(Duration::from_secs(10), "the dead letter", || async {
+        worker.step().await.unwrap();
+        queue.stats().await.unwrap().dead == 1
+    })
+    .await;
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        3,
+        "max_attempts fires"
+    );
+    assert_eq!((metrics.retried.get(), metrics.dead_lettered.get()), (2, 1));
+    let dead = queue.dead().await.unwrap();
+    assert_eq!((dead[0].id.as_str(), dead[0].attempts), ("a", 3));
+    assert!(dead[0].reason.contains("NATS is away"), "{:?}", dead[0]);
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+
+    handler.failing.store(false, Ordering::SeqCst);
+    assert_eq!(queue.requeue_dead(&[]).await.unwrap(), 1);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.dead), (1, 0));
+    let step = worker.step().await.unwrap();
+    assert_eq!((step.claimed, step.fired), (1, 1));
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+    assert_eq!(metrics.fired.get(), 1);
+    queue.delete().await.unwrap();
+}
+
+/// Records when each job fired.
+struct Recorder(tokio::sync::mpsc::UnboundedSender<(String, i64, i64)>);
+
+impl JobHandler for Recorder {
+    async fn fire(&self, job: &Job) -> Result<(), BoxError> {
+        let _ = self.0.send((job.id.clone(), job.due_ms, now_ms()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_job_scheduled_by_another_replica_wakes_a_sleeping_worker() {
+    let queue = test_queue().await;
+    let other = Queue::connect(&redis_url(), queue.name().clone())
+        .await
+        .unwrap();
+    queue.schedule("far", now_ms() + 60_000).await.unwrap();
+    let (fired, mut fires) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Metrics::default();
+    let options = WorkerOptions {
+        // Without the wake-up the worker would sleep until `far`, a minute away.
+        max_idle: Duration::from_secs(60),
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(queue.clone(), Recorder(fired), options, metrics.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let wakes = tokio::spawn(queue.clone().watch_wakes(shutdown.clone()));
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    eventually(Duration::from_secs(5), "the first claim", || async {
+        metrics.pending.get() == 1
+    })
+    .await;
+    // Let the subscription settle: it wakes the worker once when it subscribes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let due = now_ms() + 300;
+    assert!(other.schedule("soon", due).await.unwrap().woke);
+    let (id, job_due, at) = tokio::time::timeout(Duration::from_secs(5), fires.recv())
+        .await
+        .expect("the job fired within 5 s")
+        .unwrap();
+    assert_eq!((id.as_str(), job_due), ("soon", due));
+    assert!(at >= due, "fired {} ms early", due - at);
+    assert!(at - due < 200, "fired {} ms late", at - due);
+    shutdown.cancel();
+    running.await.unwrap();
+    wakes.await.unwrap();
+    queue.delete().await.unwrap();
+}
