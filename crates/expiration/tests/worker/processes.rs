@@ -239,4 +239,9 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
         "NATS_URL must be set",
     );
     cli::assert_one_line_error(expiration, &["inspect"], &[], "REDIS_HOST must be set");
+    // Valid settings, but no Redis there: it cannot start, says why, exits 1.
+    let nobody = cli::with(&unreachable, ("REDIS_PORT", "1"));
+    let (code, stdout, stderr) = cli::run(expiration, &[], &nobody);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("cannot reach Redis"), "{stdout}{stderr}");
 }

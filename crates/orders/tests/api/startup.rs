@@ -40,6 +40,11 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
         "PORT=`70000` is invalid",
     );
     cli::assert_one_line_error(orders, &[], &[], "MONGO_URI must be set");
+    // Valid settings, but no database there: it cannot start, says why, exits 1.
+    let (code, stdout, stderr) = cli::run(orders, &[], &unreachable);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("does not answer"), "{stdout}{stderr}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
     cli::assert_one_line_error(orders, &["--bogus"], &unreachable, "unexpected argument");
     let (code, stdout, _) = cli::run(orders, &["--env-vars"], &[]);
     assert_eq!(code, Some(0));
