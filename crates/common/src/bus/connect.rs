@@ -65,17 +65,6 @@ impl StreamSpec {
 }
 
 impl NatsConfig {
-    /// The settings for a server at `url` with every default (tools and tests).
-    pub fn new(url: &str) -> Result<Self, Expected> {
-        Ok(NatsConfig {
-            url: normalize_url(url)?,
-            client_id: None,
-            cluster_id: "ticketing".into(),
-            subject_prefix: String::new(),
-            max_deliveries: super::listener::DEFAULT_MAX_DELIVERIES,
-        })
-    }
-
     /// The stream and its subjects.
     pub fn stream(&self) -> StreamSpec {
         StreamSpec {

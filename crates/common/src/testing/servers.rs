@@ -107,11 +107,6 @@ impl<S: Launch> OwnServer<S> {
         self.kill().await;
         self.start_again().await;
     }
-
-    /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
 }
 
 impl<S> Drop for OwnServer<S> {
@@ -320,11 +315,6 @@ impl ServiceProcess {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Its process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
     }
 
     /// The value of the metric line `name` it serves on `/metrics`.

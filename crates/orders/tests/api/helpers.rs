@@ -161,12 +161,7 @@ impl TestApp {
 
     /// `POST /api/orders` for `ticket_id`.
     pub async fn order_ticket(&self, cookie: &str, ticket_id: &ObjectId) -> Answer {
-        self.post_json(
-            "/api/orders",
-            cookie,
-            &serde_json::json!({ "ticketId": ticket_id.to_hex() }),
-        )
-        .await
+        order_ticket(self.port, cookie, ticket_id).await
     }
 
     /// Waits until the service's consumer of `subject` has acknowledged everything on it.
@@ -250,6 +245,19 @@ pub async fn send(
     common::testing::send(("127.0.0.1", port), method, path, headers, body)
         .await
         .expect("the service answers")
+}
+
+/// `POST /api/orders` for `ticket_id` to the service on `port`, signed in with `cookie`.
+pub async fn order_ticket(port: u16, cookie: &str, ticket_id: &ObjectId) -> Answer {
+    let body = serde_json::json!({ "ticketId": ticket_id.to_hex() }).to_string();
+    send(
+        port,
+        Method::POST,
+        "/api/orders",
+        &[("cookie", cookie), ("content-type", "application/json")],
+        Some(Bytes::from(body)),
+    )
+    .await
 }
 
 /// A user as the auth service puts it in the token.

@@ -12,7 +12,7 @@ use http::{Method, StatusCode};
 use mongodb::bson::{doc, oid::ObjectId};
 use orders::models::{OrderChange, Orders, Ticket, Tickets, Transition};
 
-use super::helpers::{JWT_SECRET, TestApp, full_env, send, signed_in};
+use super::helpers::{JWT_SECRET, TestApp, full_env, order_ticket, signed_in};
 
 const ROUNDS: usize = 20;
 const WRITERS: usize = 20;
@@ -184,15 +184,7 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
     let (cookie, _) = signed_in();
     let mut ids = Vec::new();
     for ticket in &ticket_ids {
-        let body = serde_json::json!({ "ticketId": ticket.to_hex() }).to_string();
-        let answer = send(
-            port,
-            Method::POST,
-            "/api/orders",
-            &[("cookie", &cookie), ("content-type", "application/json")],
-            Some(body.into()),
-        )
-        .await;
+        let answer = order_ticket(port, &cookie, ticket).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
         ids.push(answer.json()["id"].as_str().unwrap().to_owned());
     }
@@ -298,15 +290,7 @@ async fn changes_claimed_by_a_process_killed_before_applying_them_are_finished_o
         (ticket_ids[0], StatusCode::CREATED),
         (ticket_ids[1], StatusCode::BAD_REQUEST),
     ] {
-        let body = serde_json::json!({ "ticketId": ticket.to_hex() }).to_string();
-        let answer = send(
-            port,
-            Method::POST,
-            "/api/orders",
-            &[("cookie", &other), ("content-type", "application/json")],
-            Some(body.into()),
-        )
-        .await;
+        let answer = order_ticket(port, &other, &ticket).await;
         assert_eq!(answer.status, expected, "{}", answer.body);
     }
     assert_eq!(restarted.terminate().await.unwrap(), Some(0));
