@@ -15,13 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Records what it handled; fails the first `failures` deliveries of each event, answers the
-/// first `outage` calls as if its database were down, panics in the first `panics` calls, and
-/// takes `delay` per message.
+/// first `outage` calls as if its database were down, never answers the first `hangs` calls (as
+/// with a frozen database), panics in the first `panics` calls, and takes `delay` per message.
 #[derive(Default)]
 struct Recorder {
     handled: Mutex<Vec<(String, MessageInfo, Instant)>>,
     failures: u64,
     outage: AtomicU64,
+    hangs: AtomicU64,
     panics: AtomicU64,
     delay: Duration,
 }
@@ -61,6 +62,9 @@ impl Listener for Recorder {
         if take(&self.outage) {
             return Err(HandlerError::unavailable("database down"));
         }
+        if take(&self.hangs) {
+            std::future::pending::<()>().await;
+        }
         if take(&self.panics) {
             panic!("a bug in the handler");
         }
@@ -84,6 +88,7 @@ fn counted_options(stream: &TestStream, initial: u64, max: u64) -> (ListenerOpti
         initial: Duration::from_millis(initial),
         max: Duration::from_millis(max),
     };
+    options.unavailable_backoff = options.backoff;
     let metrics = BusMetrics::default();
     options.metrics = Some(metrics.clone());
     (options, metrics)
@@ -352,6 +357,38 @@ async fn a_dependency_outage_keeps_the_message_without_using_up_its_deliveries()
     })
     .await;
     assert_eq!(consumer_info(&stream).await.num_redelivered, 0);
+    finish(stream, shutdown, task).await;
+}
+
+#[tokio::test]
+async fn a_handler_that_never_answers_is_abandoned_and_called_again_without_a_redelivery() {
+    let stream = TestStream::new().await;
+    let recorder = Arc::new(Recorder {
+        hangs: AtomicU64::new(2),
+        ..Default::default()
+    });
+    let (mut opts, metrics) = counted_options(&stream, 100, 200);
+    opts.handler_timeout = Duration::from_millis(500);
+    opts.max_deliveries = 1;
+    let (shutdown, task) = start(&stream, recorder.clone(), opts);
+    let started = Instant::now();
+    stream.publish(&expiration(6)).await;
+    eventually(Duration::from_secs(10), "the third call", || async {
+        recorder.ids().len() == 3
+    })
+    .await;
+    // Two calls abandoned after 0.5 s each, with 0.1 s and 0.2 s between them.
+    assert!(started.elapsed() >= Duration::from_millis(1300));
+    eventually(Duration::from_secs(5), "the ack", || async {
+        consumer_info(&stream).await.num_ack_pending == 0
+    })
+    .await;
+    let handled = recorder.handled.lock().unwrap().clone();
+    assert!(handled.iter().all(|(_, info, _)| info.delivered == 1));
+    assert_eq!(consumer_info(&stream).await.num_redelivered, 0);
+    let subject = Subject::ExpirationComplete.as_str();
+    assert_eq!(metrics.handled_count(subject, "unavailable"), 2);
+    assert_eq!(metrics.handled_count(subject, "ack"), 1);
     finish(stream, shutdown, task).await;
 }
 

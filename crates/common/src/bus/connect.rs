@@ -146,12 +146,18 @@ pub fn normalize_url(url: &str) -> Result<String, Expected> {
     Ok(servers.join(","))
 }
 
+/// How often the client pings the server; two unanswered pings mark the connection dead.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Connects as `service` (or `NATS_CLIENT_ID`). After the first connection the client
 /// reconnects by itself for as long as the process lives.
 pub async fn connect(config: &NatsConfig, service: &str) -> Result<async_nats::Client, BusError> {
     async_nats::ConnectOptions::new()
         .name(config.client_name(service))
         .connection_timeout(Duration::from_secs(5))
+        // A server that stopped answering (frozen, or cut off) is left for another, or
+        // reconnected to, after two unanswered pings rather than the default two minutes.
+        .ping_interval(PING_INTERVAL)
         .connect(config.url.as_str())
         .await
         .map_err(|source| BusError::Connect {
@@ -160,14 +166,25 @@ pub async fn connect(config: &NatsConfig, service: &str) -> Result<async_nats::C
         })
 }
 
-/// The `/readyz` check of a NATS connection: ready while connected, else the connection's state.
+/// The `/readyz` check of a NATS connection: ready when connected and JetStream answers a
+/// request (a frozen server keeps the connection "connected" until pings time out), else the
+/// connection's state or JetStream's error.
 pub fn connection_check(
     client: async_nats::Client,
-) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
     move || {
-        std::future::ready(match client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            other => Err(other.to_string()),
+        let client = client.clone();
+        Box::pin(async move {
+            match client.connection_state() {
+                async_nats::connection::State::Connected => {}
+                other => return Err(other.to_string()),
+            }
+            // Any answer of the JetStream API will do; its content is not needed here.
+            client
+                .request("$JS.API.INFO", bytes::Bytes::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("JetStream does not answer: {e}"))
         })
     }
 }

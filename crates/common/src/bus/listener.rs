@@ -116,9 +116,15 @@ pub struct ListenerOptions {
     pub ack_wait: Duration,
     /// Most messages handled at once by this runner (and fetched ahead of handling).
     pub max_in_flight: usize,
-    /// Redelivery delay after a retryable failure, and between attempts while a dependency is
-    /// unavailable.
+    /// Redelivery delay after a retryable failure ([`HandlerError::Retry`]).
     pub backoff: Backoff,
+    /// Delay between attempts while a dependency is unavailable ([`HandlerError::Unavailable`]):
+    /// short, so that a held message goes through soon after the dependency is back.
+    pub unavailable_backoff: Backoff,
+    /// Longest one call of the handler may take; past it the call is abandoned and counts as
+    /// [`HandlerError::Unavailable`] (a frozen database never answers). Below `ack_wait`, so
+    /// the server never redelivers a message whose handler is still running.
+    pub handler_timeout: Duration,
     /// Deliveries after which an event its handler still cannot apply ([`HandlerError::Retry`])
     /// is given up: terminated, logged once with its key, counted as `gave_up`.
     pub max_deliveries: u64,
@@ -130,15 +136,23 @@ pub struct ListenerOptions {
 /// 60 s), about 14 minutes of retries.
 pub const DEFAULT_MAX_DELIVERIES: u64 = 20;
 
+/// Default of [`ListenerOptions::unavailable_backoff`]: 250 ms doubling to 2 s.
+pub const UNAVAILABLE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+};
+
 impl ListenerOptions {
-    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, 32 in flight, given up after
-    /// [`DEFAULT_MAX_DELIVERIES`].
+    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, handler timeout 4 s, 32 in
+    /// flight, given up after [`DEFAULT_MAX_DELIVERIES`].
     pub fn new(stream: StreamSpec) -> Self {
         ListenerOptions {
             stream,
             ack_wait: Duration::from_secs(5),
             max_in_flight: 32,
             backoff: Backoff::default(),
+            unavailable_backoff: UNAVAILABLE_BACKOFF,
+            handler_timeout: Duration::from_secs(4),
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             metrics: None,
         }
@@ -358,18 +372,24 @@ async fn handle<L: Listener>(
             acknowledge(&message, AckKind::Term).await;
             return;
         }
+        // Never as long as the ack wait: the server would redeliver a message still in hand.
+        let handler_timeout = options.handler_timeout.min(options.ack_wait.mul_f64(0.8));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = AssertUnwindSafe(listener.on_message(event.clone(), info))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
+            let call = AssertUnwindSafe(listener.on_message(event.clone(), info)).catch_unwind();
+            let outcome = match tokio::time::timeout(handler_timeout, call).await {
+                Ok(outcome) => outcome.unwrap_or_else(|panic| {
                     let message = panic_message(&*panic);
                     tracing::error!(panic = %truncate(&message, LOGGED_BYTES), "handler panicked; the message will be redelivered");
                     count("panic");
                     Err(HandlerError::Retry(format!("handler panicked: {message}").into()))
-                });
+                }),
+                // Handlers are idempotent, so abandoning one half-way and calling it again is safe.
+                Err(_) => Err(HandlerError::Unavailable(
+                    format!("no answer within {handler_timeout:?}").into(),
+                )),
+            };
             match outcome {
                 Ok(()) => {
                     count("ack");
@@ -392,7 +412,7 @@ async fn handle<L: Listener>(
                     acknowledge(&message, AckKind::Nak(Some(delay))).await;
                 }
                 Err(HandlerError::Unavailable(e)) => {
-                    let delay = options.backoff.delay(attempt);
+                    let delay = options.unavailable_backoff.delay(attempt);
                     tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, attempt, "a dependency is unavailable; keeping the message and trying again");
                     count("unavailable");
                     if hold(&message, delay, options.ack_wait, shutdown).await {

@@ -39,6 +39,11 @@ pub enum PublishError {
 }
 
 impl Publisher {
+    /// Whether the connection to NATS is up, so that a publish can be acknowledged now.
+    pub fn connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
     /// A publisher to `stream` on `js`; counts outcomes in `metrics` when given.
     pub fn new(js: jetstream::Context, stream: StreamSpec, metrics: Option<BusMetrics>) -> Self {
         Publisher {

@@ -115,15 +115,26 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        (
+        let mut response = (
             self.status(),
             Json(ErrorBody {
                 errors: self.errors(),
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
+
+/// The `Retry-After` of every 503: dependencies usually come back within seconds, and a client
+/// retrying sooner would only add load while they recover.
+pub const RETRY_AFTER_SECONDS: &str = "2";
 
 /// A body that is not JSON, or not of the expected shape, is the client's fault: 400 with a
 /// short neutral message (the parser's own words name our types and fields). A body over the
@@ -210,5 +221,22 @@ mod tests {
         let (status, body) = render(ApiError::unavailable("nats down")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!body.contains("nats"), "{body}");
+    }
+
+    #[test]
+    fn only_a_503_tells_the_client_when_to_retry() {
+        let retry_after = |error: ApiError| {
+            error
+                .into_response()
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            retry_after(ApiError::unavailable("db frozen")).as_deref(),
+            Some(RETRY_AFTER_SECONDS)
+        );
+        assert_eq!(retry_after(ApiError::internal("bug")), None);
+        assert_eq!(retry_after(ApiError::NotFound), None);
     }
 }

@@ -5,6 +5,7 @@
 pub struct Answer {
     pub status: http::StatusCode,
     pub content_type: Option<String>,
+    pub headers: http::HeaderMap,
     pub body: String,
 }
 
@@ -54,10 +55,12 @@ pub async fn send(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Answer {
         status,
         content_type,
+        headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use http::{Answer, get, metric, metric_value, send};
-pub use servers::{NatsServer, RedisServer, ServiceProcess, free_port};
+pub use servers::{MongoServer, NatsServer, RedisServer, ServiceProcess, free_port};
 pub use stream::{EventLog, Logged, TestStream};
 
 /// `NATS_URL`, or the local stack's default.

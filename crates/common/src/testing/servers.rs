@@ -1,6 +1,7 @@
-//! Processes a test owns, every one killed when dropped: a NATS server (JetStream on disk) or a
-//! Redis server (append-only, fsync always) of the test's own, which it can kill and start again
-//! on the same port and data, and the service binaries themselves ([`ServiceProcess`]).
+//! Processes a test owns, every one killed when dropped: a NATS server (JetStream on disk), a
+//! Redis server (append-only, fsync always) or a MongoDB-compatible server of the test's own,
+//! which it can freeze and thaw, kill and start again on the same port and data, and the service
+//! binaries themselves ([`ServiceProcess`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -197,6 +198,104 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The MongoDB-compatible server of the local stack: `MONGO_SERVER` (which `scripts/stack env`
+/// exports), else `mongod` or `ferretdb` on the `PATH`, else Go's `~/go/bin/ferretdb`.
+fn mongo_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("MONGO_SERVER").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let on_path = |name: &str| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    };
+    on_path("mongod")
+        .or_else(|| on_path("ferretdb"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join("go/bin/ferretdb")
+        })
+}
+
+/// `mongod`, or FerretDB on its SQLite backend (see [`mongo_server`]).
+pub struct Mongo;
+
+impl Launch for Mongo {
+    fn command(port: u16, dir: &Path) -> Command {
+        let program = mongo_server();
+        let mut command = Command::new(&program);
+        if program.file_name().is_some_and(|name| name == "mongod") {
+            command.arg("--dbpath").arg(dir).args([
+                "--port",
+                &port.to_string(),
+                "--bind_ip",
+                "127.0.0.1",
+            ]);
+        } else {
+            let state = dir.join("state");
+            let _ = std::fs::create_dir_all(&state);
+            command
+                .args(["--handler=sqlite", "--telemetry=disable", "--debug-addr=-"])
+                .arg(format!("--sqlite-url=file:{}/", dir.display()))
+                .arg(format!("--listen-addr=127.0.0.1:{port}"))
+                .arg(format!("--state-dir={}", state.display()));
+        }
+        command
+    }
+
+    /// A `ping` on the wire protocol (OP_MSG), answered `ok: 1.0`.
+    async fn answers(port: u16) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PING: &[u8] = b"\x33\0\0\0\x01\0\0\0\0\0\0\0\xdd\x07\0\0\0\0\0\0\0\x1e\0\0\0\x10ping\0\x01\0\0\0\x02$db\0\x06\0\0\0admin\0\0";
+        const OK: &[u8] = b"ok\0\0\0\0\0\0\0\xf0\x3f";
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            stream.write_all(PING).await.ok()?;
+            let mut reply = vec![0u8; 4096];
+            let n = stream.read(&mut reply).await.ok()?;
+            Some(reply[..n].windows(OK.len()).any(|w| w == OK))
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+}
+
+/// A MongoDB-compatible server of the test's own.
+pub type MongoServer = OwnServer<Mongo>;
+
+impl MongoServer {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        Self::start_in(temp_dir("mongo")).await
+    }
+
+    /// `mongodb://127.0.0.1:<port>`.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}", self.port)
+    }
+}
+
+impl<S> OwnServer<S> {
+    /// SIGSTOP: the process stays, its connections stay open, nothing answers (a stalled node or
+    /// a network partition looks like this).
+    pub fn freeze(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            signal(pid, "STOP");
+        }
+    }
+
+    /// SIGCONT after [`OwnServer::freeze`].
+    pub fn thaw(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
+            signal(pid, "CONT");
+        }
     }
 }
 
