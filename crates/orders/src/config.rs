@@ -27,6 +27,10 @@ pub struct Config {
     /// How long a new order holds its ticket, in seconds
     #[arg(long = "expiration-window-seconds", env = "EXPIRATION_WINDOW_SECONDS", default_value = "900", value_parser = parse::seconds)]
     pub expiration_window: Duration,
+    /// Longest the service works on a request once its body has arrived, in seconds; past it
+    /// the answer is 503 with Retry-After (a stalled database never holds a caller longer)
+    #[arg(long = "request-timeout-seconds", env = "REQUEST_TIMEOUT_SECONDS", default_value = "5", value_parser = parse::fractional_seconds)]
+    pub request_timeout: Duration,
     /// HTTP port of the API and of /healthz, /readyz, /metrics (0: any free port)
     #[arg(long, env = "PORT", default_value = "3000", value_parser = parse::port)]
     pub port: u16,
@@ -61,6 +65,7 @@ impl fmt::Debug for Config {
             .field("mongo", &self.mongo)
             .field("jwt_key", &self.jwt_key)
             .field("expiration_window", &self.expiration_window)
+            .field("request_timeout", &self.request_timeout)
             .field("port", &self.port)
             .field("nats", &self.nats)
             .field("http", &self.http)
@@ -129,6 +134,7 @@ mod tests {
         assert_eq!(config.mongo.database, "orders");
         assert_eq!(config.port, 3000);
         assert_eq!(config.expiration_window, Duration::from_secs(900));
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
         assert_eq!(config.nats.url, "nats://nats-srv:4222");
         assert_eq!(config.nats.stream().name, "ticketing");
         assert_eq!(config.http.max_connections, 1024);

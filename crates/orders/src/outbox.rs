@@ -35,12 +35,16 @@ const BATCH: i64 = 100;
 /// Longest the final flush at shutdown may take.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
 
+/// Longest one relay pass may take: a database that stopped answering (frozen, cut off) must
+/// not hold the relay forever; the next pass starts where this one stopped.
+const PASS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why an outbox could not be emptied; the relay tries again later.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("not connected to NATS")]
     Disconnected,
-    #[error("JetStream did not acknowledge in time")]
+    #[error("no answer in time (JetStream or the database)")]
     Timeout,
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -198,7 +202,8 @@ impl Outbox {
             let failures = self.failures.load(Ordering::SeqCst);
             let due = clean_up_to != Some(failures) || last_pass.elapsed() >= schedule.sweep;
             if due {
-                match self.flush_pending().await {
+                let pass = tokio::time::timeout(PASS_TIMEOUT, self.flush_pending()).await;
+                match pass.unwrap_or(Err(OutboxError::Timeout)) {
                     Ok(published) => {
                         if published > 0 {
                             tracing::info!(published, "outbox relay published pending events");

@@ -8,6 +8,7 @@ mod api {
     mod limits;
     mod listeners;
     mod ops;
+    mod outages;
     mod outbox;
     mod routes;
     mod startup;

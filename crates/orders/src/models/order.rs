@@ -230,6 +230,14 @@ impl Orders {
         }
     }
 
+    /// The order reserving `ticket` (open or complete), if any.
+    pub async fn reserving(&self, ticket: ObjectId) -> Result<Option<Order>, StoreError> {
+        Ok(self
+            .collection
+            .find_one(doc! { "reservation": ticket })
+            .await?)
+    }
+
     /// The order with `id`.
     pub async fn get(&self, id: ObjectId) -> Result<Option<Order>, StoreError> {
         Ok(self.collection.find_one(doc! { "_id": id }).await?)

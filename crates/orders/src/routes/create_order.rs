@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
+use common::events::OrderStatus;
 use common::http::{ApiError, FieldError, RequireAuth};
 use http::StatusCode;
 use mongodb::bson::oid::ObjectId;
@@ -36,6 +37,10 @@ fn ticket_id(body: &CreateOrder) -> Result<ObjectId, ApiError> {
 }
 
 /// 201 with the new order; 400 when the ticket is already reserved; 404 for an unknown ticket.
+///
+/// A buyer whose earlier request for the ticket was answered 503 (or never answered) while its
+/// order was stored after all gets that order back, 200, rather than "Ticket is already
+/// reserved" by themselves: retrying a POST is safe.
 pub async fn create_order(
     State(state): State<AppState>,
     RequireAuth(user): RequireAuth,
@@ -51,7 +56,17 @@ pub async fn create_order(
     let order = match state.orders.reserve(&user.id, &ticket, expires_at).await? {
         Reservation::Created(order) => order,
         Reservation::AlreadyReserved => {
-            return Err(ApiError::BadRequest("Ticket is already reserved".into()));
+            return match state.orders.reserving(ticket.id).await? {
+                Some(order) if order.user_id == user.id && order.status == OrderStatus::Created => {
+                    tracing::info!(order_id = %order.id, ticket_id = %ticket.id, "order requested again by its buyer");
+                    state.outbox.publish_now(&order).await;
+                    Ok((
+                        StatusCode::OK,
+                        Json(OrderResponse::new(&order, Some(&ticket))),
+                    ))
+                }
+                _ => Err(ApiError::BadRequest("Ticket is already reserved".into())),
+            };
         }
     };
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, "order created");

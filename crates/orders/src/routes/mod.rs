@@ -1,6 +1,7 @@
 //! The HTTP API of SPEC.md section 4, one file per route, and the ops endpoints on the same port.
 
 mod body;
+mod budget;
 mod cancel_order;
 mod create_order;
 mod list_orders;
@@ -13,7 +14,7 @@ mod show_order;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::FromRef;
 use axum::routing::get;
 use axum::{Router, middleware};
 use common::http::{ApiError, JwtKey};
@@ -24,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::models::{Orders, StoreError, Tickets};
 use crate::outbox::Outbox;
 
+pub use budget::{Budget, OverBudget};
 pub use owned_order::OwnedOrder;
 pub use response::{OrderResponse, TicketResponse};
 
@@ -38,8 +40,8 @@ pub struct AppState {
     pub ops: Arc<Ops>,
     /// How long a new order holds its ticket.
     pub expiration_window: Duration,
-    /// How long a request body may take to arrive.
-    pub body_timeout: Duration,
+    /// How long and how large a request may be.
+    pub budget: Budget,
 }
 
 impl FromRef<AppState> for JwtKey {
@@ -48,15 +50,9 @@ impl FromRef<AppState> for JwtKey {
     }
 }
 
-impl FromRef<AppState> for body::BodyTimeout {
-    fn from_ref(state: &AppState) -> Self {
-        body::BodyTimeout(state.body_timeout)
-    }
-}
-
 /// The service's router: the API under `/api/orders`, `/healthz`, `/readyz`, `/metrics`, and
-/// 404 `Not Found` for anything else.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+/// 404 `Not Found` for anything else; every request within its [`Budget`].
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/api/orders",
@@ -79,9 +75,12 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            budget::within_budget,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             observe::observe,
         ))
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
