@@ -16,6 +16,8 @@ pub struct Metrics {
     pub cancelled: Counter,
     /// Failed fires rescheduled with backoff.
     pub retried: Counter,
+    /// Fires that failed because NATS was unavailable, postponed without using an attempt.
+    pub postponed: Counter,
     /// Jobs moved to the dead-letter set after their last attempt.
     pub dead_lettered: Counter,
     /// Fired jobs that were moved, cancelled or taken over before completion.
@@ -33,6 +35,7 @@ impl Default for Metrics {
             fired: Counter::default(),
             cancelled: Counter::default(),
             retried: Counter::default(),
+            postponed: Counter::default(),
             dead_lettered: Counter::default(),
             lease_lost: Counter::default(),
             pending: Gauge::default(),
@@ -65,6 +68,11 @@ impl Metrics {
             "jobs_retried",
             "Failed fires rescheduled with backoff",
             metrics.retried.clone(),
+        );
+        registry.register(
+            "jobs_postponed",
+            "Fires that failed while NATS was unavailable, postponed without using an attempt",
+            metrics.postponed.clone(),
         );
         registry.register(
             "jobs_dead_lettered",

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use common::bus::Publisher;
+use common::bus::{PublishError, Publisher};
 use common::events::ExpirationComplete;
 
 use common::telemetry::truncate;
 
 use crate::queue::{ID_BYTES, Job};
-use crate::worker::{BoxError, JobHandler};
+use crate::worker::{BoxError, JobHandler, Unavailable};
 
 /// Publishes `expiration:complete {"orderId"}` with the order's message id and waits for the
 /// JetStream acknowledgement, at most `timeout`.
@@ -30,6 +30,11 @@ impl PublishExpiration {
 }
 
 impl JobHandler for PublishExpiration {
+    fn ready(&self) -> bool {
+        self.publisher.connected()
+    }
+
+    /// A failure to publish is NATS's, never the job's: [`Unavailable`].
     async fn fire(&self, job: &Job) -> Result<(), BoxError> {
         let event = ExpirationComplete {
             order_id: job.id.clone(),
@@ -41,8 +46,9 @@ impl JobHandler for PublishExpiration {
                 tracing::info!(order = %truncate(&job.id, ID_BYTES), sequence = published.sequence, duplicate = published.duplicate, "expiration:complete published");
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(PublishTimeout(self.timeout).into()),
+            Ok(Err(e @ PublishError::Encode { .. })) => Err(e.into()),
+            Ok(Err(e)) => Err(Unavailable(e.into()).into()),
+            Err(_) => Err(Unavailable(PublishTimeout(self.timeout).into()).into()),
         }
     }
 }

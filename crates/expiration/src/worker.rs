@@ -31,9 +31,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Does what a due job means. Called at least once per job: after a crash between firing and
 /// completion the job fires again, so the effect must be idempotent.
 pub trait JobHandler: Send + Sync + 'static {
-    /// Fires `job`; an error makes the worker retry it later.
+    /// Fires `job`; an error makes the worker retry it later. An [`Unavailable`] error says a
+    /// dependency failed, not the job: the retry comes soon and does not count as an attempt.
     fn fire(&self, job: &Job) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Whether firing can succeed now; while it cannot (the handler's dependency is known to be
+    /// down) the worker claims nothing, so no job spends its attempts on an outage.
+    fn ready(&self) -> bool {
+        true
+    }
 }
+
+/// A handler's dependency (NATS) failed; the job itself is not at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("dependency unavailable")]
+pub struct Unavailable(#[source] pub BoxError);
+
+/// How soon a job whose handler's dependency was unavailable is due again.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 
 /// How a worker claims and retries.
 #[derive(Debug, Clone)]
@@ -171,6 +186,7 @@ impl<H: JobHandler> Worker<H> {
         let mut in_hand = JoinSet::new();
         let mut pause = Duration::from_millis(50);
         let mut last_full = false;
+        let mut waiting_for_handler = false;
         loop {
             // Wait for room before claiming, so no lease is taken on a job that would wait long
             // for a slot. Right after a full claim we are saturated: waiting for half the room
@@ -187,6 +203,23 @@ impl<H: JobHandler> Worker<H> {
             };
             // Only this loop takes room, so it stays free until it takes it one per job.
             drop(room);
+            if !context.handler.ready() {
+                if !waiting_for_handler {
+                    tracing::warn!(
+                        "the handler cannot fire (NATS unavailable); claiming nothing until it can"
+                    );
+                    waiting_for_handler = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+            if waiting_for_handler {
+                tracing::info!("the handler can fire again; claiming");
+                waiting_for_handler = false;
+            }
             let limit = budget.available_permits().clamp(1, MAX_BATCH);
             let claim = match context.queue.claim(limit, options.lease).await {
                 Ok(claim) => claim,
@@ -265,8 +298,21 @@ impl<H: JobHandler> Context<H> {
             .observe(claim.lateness(job).as_secs_f64());
     }
 
-    /// Retries `job` after its backoff, or dead-letters it when out of attempts.
-    async fn fail(&self, job: &Job, error: &(dyn std::error::Error + Send + Sync)) {
+    /// Retries `job` after its backoff, or dead-letters it when out of attempts; postpones it
+    /// without using an attempt when its handler's dependency was [`Unavailable`].
+    async fn fail(&self, job: &Job, error: &(dyn std::error::Error + Send + Sync + 'static)) {
+        if error.is::<Unavailable>() {
+            match self.queue.postpone(job, UNAVAILABLE_RETRY).await {
+                Ok(_) => {
+                    self.metrics.postponed.inc();
+                    tracing::warn!(job = %truncate(&job.id, ID_BYTES), error = %ErrorChain(error), delay = ?UNAVAILABLE_RETRY, "cannot fire now; postponed without using an attempt");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %truncate(&job.id, ID_BYTES), error = %ErrorChain(&e), "cannot postpone a job; it fires again when its lease expires");
+                }
+            }
+            return;
+        }
         let options = &self.options;
         let delay = options.backoff.delay(u64::from(job.attempts));
         // Bounded: it is logged, and kept with a dead-lettered job.

@@ -35,7 +35,8 @@
 //!   Returns them with Redis' `now`, the next due time or lease expiry (the worker sleeps until
 //!   then), and the number of jobs still pending.
 //! - `complete.lua` (batch): deletes each job only if it is still leased under the given token.
-//! - `retry.lua`: under the caller's token, reschedules at `now + delay`, or at `max_attempts`
+//! - `retry.lua`: under the caller's token, reschedules at `now + delay` (giving the attempt
+//!   back when the failure was a dependency's, see [`Queue::postpone`]), or at `max_attempts`
 //!   moves the job to `dead`.
 //! - `cancel.lua` (batch): removes jobs, waiting or leased, and records the ids in `cancelled`
 //!   (pruning records older than [`CANCELLED_TTL`]).
@@ -401,6 +402,24 @@ impl Queue {
         max_attempts: u32,
         reason: &str,
     ) -> Result<RetryOutcome, QueueError> {
+        self.reschedule(job, delay, max_attempts, reason, false)
+            .await
+    }
+
+    /// A leased job could not fire through no fault of its own (a dependency is down): due
+    /// again in `delay`, its claim not counted as an attempt, never dead-lettered.
+    pub async fn postpone(&self, job: &Job, delay: Duration) -> Result<RetryOutcome, QueueError> {
+        self.reschedule(job, delay, u32::MAX, "", true).await
+    }
+
+    async fn reschedule(
+        &self,
+        job: &Job,
+        delay: Duration,
+        max_attempts: u32,
+        reason: &str,
+        postpone: bool,
+    ) -> Result<RetryOutcome, QueueError> {
         let mut conn = self.conn.clone();
         let outcome: u8 = self
             .scripts
@@ -415,6 +434,7 @@ impl Queue {
             .arg(max_attempts.max(1))
             .arg(reason)
             .arg(&self.keys.wake)
+            .arg(if postpone { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         match outcome {

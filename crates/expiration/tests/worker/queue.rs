@@ -9,7 +9,9 @@ use common::bus::Backoff;
 use common::testing::{eventually, redis_url};
 use expiration::metrics::Metrics;
 use expiration::queue::{Job, Queue};
-use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
+use expiration::worker::{
+    BoxError, JobHandler, UNAVAILABLE_RETRY, Unavailable, Worker, WorkerOptions,
+};
 
 use super::helpers::*;
 
@@ -208,10 +210,12 @@ async fn a_cancellation_that_overtakes_the_creation_keeps_the_job_from_being_sch
     queue.delete().await.unwrap();
 }
 
-/// Fails while `failing` is set; counts calls.
+/// Fails while `failing` is set, reports its dependency down while `unavailable` is; counts
+/// calls.
 #[derive(Default)]
 struct Flaky {
     failing: AtomicBool,
+    unavailable: AtomicBool,
     calls: AtomicUsize,
 }
 
@@ -224,7 +228,9 @@ struct FlakyHandler(Arc<Flaky>);
 impl JobHandler for FlakyHandler {
     async fn fire(&self, _: &Job) -> Result<(), BoxError> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
-        if self.0.failing.load(Ordering::SeqCst) {
+        if self.0.unavailable.load(Ordering::SeqCst) {
+            Err(Box::new(Unavailable(Box::new(Away))))
+        } else if self.0.failing.load(Ordering::SeqCst) {
             Err(Box::new(Away))
         } else {
             Ok(())
@@ -288,6 +294,51 @@ async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_re
     assert_eq!((step.claimed, step.fired), (1, 1));
     assert_eq!(queue.stats().await.unwrap().pending(), 0);
     assert_eq!(metrics.fired.get(), 1);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_whose_handler_dependency_is_unavailable_is_postponed_without_using_an_attempt() {
+    let queue = test_queue().await;
+    let handler = Arc::new(Flaky::default());
+    handler.unavailable.store(true, Ordering::SeqCst);
+    let metrics = Metrics::default();
+    let options = WorkerOptions {
+        max_attempts: 2,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(
+        queue.clone(),
+        FlakyHandler(handler.clone()),
+        options,
+        metrics.clone(),
+    );
+    queue.schedule("a", now_ms() - 10).await.unwrap();
+    // More failures than max_attempts allows, each postponed by UNAVAILABLE_RETRY.
+    for _ in 0..3 {
+        eventually(Duration::from_secs(5), "the job due again", || async {
+            worker.step().await.unwrap().claimed == 1
+        })
+        .await;
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.waiting, stats.dead), (1, 0));
+        let wait = stats.next_due_ms.unwrap() - stats.now_ms;
+        assert!(
+            (800..=1000).contains(&wait),
+            "due again in about {UNAVAILABLE_RETRY:?}, not {wait} ms"
+        );
+    }
+    assert_eq!((metrics.postponed.get(), metrics.retried.get()), (3, 0));
+    handler.unavailable.store(false, Ordering::SeqCst);
+    handler.failing.store(true, Ordering::SeqCst);
+    // The attempts were given back: two ordinary failures still make the dead letter.
+    eventually(Duration::from_secs(10), "the dead letter", || async {
+        worker.step().await.unwrap();
+        queue.stats().await.unwrap().dead == 1
+    })
+    .await;
+    assert_eq!(queue.dead().await.unwrap()[0].attempts, 2);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 5);
     queue.delete().await.unwrap();
 }
 
