@@ -154,11 +154,18 @@ async fn a_new_expires_at_for_the_same_order_moves_its_job() {
     let (stream, app) = start_app().await;
     let (earlier, later, control) = (order_id(), order_id(), order_id());
     let now = now_ms();
-    // Margins of about a second: the moves must be handled before the first due times pass,
-    // also on a loaded 2-core machine running the whole suite.
     stream.publish(&order_created(&earlier, now + 60_000)).await;
     stream.publish(&order_created(&later, now + 1_500)).await;
     stream.publish(&order_created(&control, now + 2_500)).await;
+    // The listener handles messages concurrently and the last schedule of an id wins, whatever
+    // its version: the moves are sent once the first three are in, as a later order:created
+    // would be.
+    eventually(
+        Duration::from_secs(5),
+        "the first three scheduled",
+        || async { app.metric("jobs_scheduled_total").await == 3.0 },
+    )
+    .await;
     let mut moved_earlier = order_created(&earlier, now + 1_800);
     moved_earlier.version = 1;
     stream.publish(&moved_earlier).await;
