@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::connection::State;
 use bytes::Bytes;
 use common::bus::{PublishError, Publisher};
 use common::telemetry::ErrorChain;
@@ -57,7 +56,6 @@ pub struct Outbox {
     orders: Orders,
     published: PublishedEvents,
     publisher: Publisher,
-    client: async_nats::Client,
     publish_timeout: Duration,
     wake: Notify,
     /// Counts failed `publish_now` calls; the relay is clean up to the count it last saw before a
@@ -75,19 +73,17 @@ pub struct RelaySchedule {
 }
 
 impl Outbox {
-    /// An outbox over `orders` publishing with `publisher` on `client`'s connection.
+    /// An outbox over `orders` publishing with `publisher`.
     pub fn new(
         orders: Orders,
         published: PublishedEvents,
         publisher: Publisher,
-        client: async_nats::Client,
         publish_timeout: Duration,
     ) -> Self {
         Outbox {
             orders,
             published,
             publisher,
-            client,
             publish_timeout,
             wake: Notify::new(),
             failures: AtomicU64::new(0),
@@ -122,7 +118,7 @@ impl Outbox {
             .iter()
             .filter(|entry| !already.contains(&entry.id))
         {
-            if self.client.connection_state() != State::Connected {
+            if !self.publisher.connected() {
                 // Publishing now would only queue in the client until a timeout.
                 return Err(OutboxError::Disconnected);
             }
@@ -152,7 +148,7 @@ impl Outbox {
     /// published.
     pub async fn flush_pending(&self) -> Result<usize, OutboxError> {
         self.orders.finish_claimed().await?;
-        if self.client.connection_state() != State::Connected {
+        if !self.publisher.connected() {
             // Spare the database a scan whose events could not be published anyway.
             return Err(OutboxError::Disconnected);
         }

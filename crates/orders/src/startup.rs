@@ -127,7 +127,6 @@ impl Application {
             orders.clone(),
             PublishedEvents::new(&database),
             publisher,
-            nats.clone(),
             config.publish_timeout,
         ));
         let ops = Ops::new(registry)

@@ -153,6 +153,26 @@ impl NatsServer {
     }
 }
 
+/// Sends `request` to `127.0.0.1:port` on a fresh connection and returns the first bytes of the
+/// reply; `None` if nothing answers within 2 s (a frozen server accepts, then never replies).
+async fn exchange(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream.write_all(request).await.ok()?;
+        let mut reply = vec![0u8; 4096];
+        let n = stream.read(&mut reply).await.ok()?;
+        reply.truncate(n);
+        Some(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `redis-server` with append-only persistence fsynced on every write.
 pub struct Redis;
 
@@ -175,14 +195,9 @@ impl Launch for Redis {
     }
 
     async fn answers(port: u16) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-            return false;
-        };
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").await.is_ok()
-            && stream.read_exact(&mut reply).await.is_ok()
-            && &reply == b"+PONG\r\n"
+        exchange(port, b"PING\r\n")
+            .await
+            .is_some_and(|reply| reply.starts_with(b"+PONG\r\n"))
     }
 }
 
@@ -247,23 +262,11 @@ impl Launch for Mongo {
 
     /// A `ping` on the wire protocol (OP_MSG), answered `ok: 1.0`.
     async fn answers(port: u16) -> bool {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const PING: &[u8] = b"\x33\0\0\0\x01\0\0\0\0\0\0\0\xdd\x07\0\0\0\0\0\0\0\x1e\0\0\0\x10ping\0\x01\0\0\0\x02$db\0\x06\0\0\0admin\0\0";
         const OK: &[u8] = b"ok\0\0\0\0\0\0\0\xf0\x3f";
-        let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()?;
-            stream.write_all(PING).await.ok()?;
-            let mut reply = vec![0u8; 4096];
-            let n = stream.read(&mut reply).await.ok()?;
-            Some(reply[..n].windows(OK.len()).any(|w| w == OK))
-        };
-        tokio::time::timeout(Duration::from_secs(2), attempt)
+        exchange(port, PING)
             .await
-            .ok()
-            .flatten()
-            .unwrap_or(false)
+            .is_some_and(|reply| reply.windows(OK.len()).any(|w| w == OK))
     }
 }
 

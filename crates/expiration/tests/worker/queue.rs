@@ -238,26 +238,38 @@ impl JobHandler for FlakyHandler {
     }
 }
 
-#[tokio::test]
-async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_requeued() {
-    let queue = test_queue().await;
+/// A worker on `queue` firing with a [`FlakyHandler`]; returns it, the handler's switches and
+/// the worker's counters.
+fn flaky_worker(
+    queue: &Queue,
+    options: WorkerOptions,
+) -> (Worker<FlakyHandler>, Arc<Flaky>, Metrics) {
     let handler = Arc::new(Flaky::default());
-    handler.failing.store(true, Ordering::SeqCst);
     let metrics = Metrics::default();
-    let options = WorkerOptions {
-        max_attempts: 3,
-        backoff: Backoff {
-            initial: Duration::from_millis(300),
-            max: Duration::from_secs(1),
-        },
-        ..WorkerOptions::default()
-    };
     let worker = Worker::new(
         queue.clone(),
         FlakyHandler(handler.clone()),
         options,
         metrics.clone(),
     );
+    (worker, handler, metrics)
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_requeued() {
+    let queue = test_queue().await;
+    let (worker, handler, metrics) = flaky_worker(
+        &queue,
+        WorkerOptions {
+            max_attempts: 3,
+            backoff: Backoff {
+                initial: Duration::from_millis(300),
+                max: Duration::from_secs(1),
+            },
+            ..WorkerOptions::default()
+        },
+    );
+    handler.failing.store(true, Ordering::SeqCst);
     queue.schedule("a", now_ms() - 10).await.unwrap();
 
     let step = worker.step().await.unwrap();
@@ -300,19 +312,14 @@ async fn a_failing_job_is_retried_after_backoff_then_dead_lettered_and_can_be_re
 #[tokio::test]
 async fn a_job_whose_handler_dependency_is_unavailable_is_postponed_without_using_an_attempt() {
     let queue = test_queue().await;
-    let handler = Arc::new(Flaky::default());
-    handler.unavailable.store(true, Ordering::SeqCst);
-    let metrics = Metrics::default();
-    let options = WorkerOptions {
-        max_attempts: 2,
-        ..WorkerOptions::default()
-    };
-    let worker = Worker::new(
-        queue.clone(),
-        FlakyHandler(handler.clone()),
-        options,
-        metrics.clone(),
+    let (worker, handler, metrics) = flaky_worker(
+        &queue,
+        WorkerOptions {
+            max_attempts: 2,
+            ..WorkerOptions::default()
+        },
     );
+    handler.unavailable.store(true, Ordering::SeqCst);
     queue.schedule("a", now_ms() - 10).await.unwrap();
     // More failures than max_attempts allows, each postponed by UNAVAILABLE_RETRY.
     for _ in 0..3 {
