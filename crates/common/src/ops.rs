@@ -29,6 +29,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Ops {
     registry: Registry,
     checks: Vec<(&'static str, Check)>,
+    details: serde_json::Map<String, serde_json::Value>,
     connections: Gauge,
 }
 
@@ -52,6 +53,7 @@ impl Ops {
         Ops {
             registry,
             checks: Vec::new(),
+            details: serde_json::Map::new(),
             connections,
         }
     }
@@ -69,6 +71,13 @@ impl Ops {
     {
         self.checks
             .push((name, Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Adds a fact shown in every `/readyz` body under `name` (which transport runs, and why).
+    pub fn with_detail(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.details
+            .insert(name.to_owned(), serde_json::Value::String(value.into()));
         self
     }
 
@@ -102,7 +111,10 @@ impl Ops {
                 )
             })
             .collect();
-        let body = serde_json::json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": checks });
+        let mut body = serde_json::json!({ "status": if ready { "ready" } else { "unavailable" }, "checks": checks });
+        if let Some(body) = body.as_object_mut() {
+            body.extend(self.details.clone());
+        }
         if !ready {
             tracing::warn!(%body, "not ready");
         }
@@ -192,14 +204,15 @@ mod tests {
     async fn readiness_names_the_dependency_that_fails() {
         let ops = Ops::new(Registry::default())
             .with_check("redis", || async { Ok(()) })
-            .with_check("nats", || async { Err("disconnected".to_string()) });
+            .with_check("nats", || async { Err("disconnected".to_string()) })
+            .with_detail("nats_transport", "jetstream (given)");
         let answer = ops.readiness().await;
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
         // Compared as JSON: key order depends on serde_json's features in the build.
         let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
         assert_eq!(
             body,
-            serde_json::json!({"checks": {"nats": "disconnected", "redis": "ok"}, "status": "unavailable"})
+            serde_json::json!({"checks": {"nats": "disconnected", "redis": "ok"}, "status": "unavailable", "nats_transport": "jetstream (given)"})
         );
 
         let ready = Ops::new(Registry::default()).with_check("redis", || async { Ok(()) });

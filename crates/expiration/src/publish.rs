@@ -40,10 +40,11 @@ impl JobHandler for PublishExpiration {
             order_id: job.id.clone(),
         };
         // The message id is derived from the order id, so a second fire after a crash or from a
-        // stalled replica is dropped by JetStream as a duplicate.
+        // stalled replica is dropped by JetStream as a duplicate (NATS Streaming stores it again;
+        // orders ignores an expiration for an order no longer `created`).
         match tokio::time::timeout(self.timeout, self.publisher.publish(&event)).await {
             Ok(Ok(published)) => {
-                tracing::info!(order = %truncate(&job.id, ID_BYTES), sequence = published.sequence, duplicate = published.duplicate, "expiration:complete published");
+                tracing::info!(order = %truncate(&job.id, ID_BYTES), sequence = ?published.sequence, duplicate = published.duplicate, "expiration:complete published");
                 Ok(())
             }
             Ok(Err(e @ PublishError::Encode { .. })) => Err(e.into()),

@@ -4,8 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_nats::jetstream;
-use common::bus::{self, BusError, BusMetrics, Publisher};
+use common::bus::{self, Bus, BusError, BusMetrics};
 use common::ops::Ops;
 use common::telemetry::ErrorChain;
 use prometheus_client::registry::Registry;
@@ -40,8 +39,7 @@ pub enum StartupError {
 pub struct Application {
     config: Config,
     queue: Queue,
-    client: async_nats::Client,
-    js: jetstream::Context,
+    bus: Bus,
     ops: Arc<Ops>,
     ops_listener: TcpListener,
     metrics: Metrics,
@@ -49,14 +47,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Redis and NATS, makes sure the stream exists and binds the ops port.
+    /// Connects to Redis and the bus (choosing its transport; on JetStream, making sure the
+    /// stream exists) and binds the ops port.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let queue = Queue::connect(&config.redis.url(), config.redis.queue())
             .await
             .map_err(StartupError::Redis)?;
-        let client = bus::connect(&config.nats, "expiration").await?;
-        let js = jetstream::new(client.clone());
-        bus::ensure_stream(&js, &config.nats.stream()).await?;
+        let bus = Bus::connect(&config.nats, "expiration").await?;
 
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
@@ -67,7 +64,8 @@ impl Application {
                 let redis = redis.clone();
                 async move { redis.ping().await.map_err(|e| ErrorChain(&e).to_string()) }
             })
-            .with_check("nats", bus::connection_check(client.clone()));
+            .with_check("nats", bus.check())
+            .with_detail("nats_transport", bus.describe());
         let ops_listener = TcpListener::bind(("0.0.0.0", config.ops_port))
             .await
             .map_err(|source| StartupError::OpsPort {
@@ -77,8 +75,7 @@ impl Application {
         Ok(Application {
             config,
             queue,
-            client,
-            js,
+            bus,
             ops: Arc::new(ops),
             ops_listener,
             metrics,
@@ -99,13 +96,12 @@ impl Application {
     }
 
     /// Runs until `shutdown`: then stops claiming and listening, finishes the publishes in
-    /// flight, drains NATS and returns; an error if one of its tasks failed.
+    /// flight, closes the bus and returns; an error if one of its tasks failed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let Application {
             config,
             queue,
-            client,
-            js,
+            bus,
             ops,
             ops_listener,
             metrics,
@@ -120,32 +116,30 @@ impl Application {
         let mut options = config.nats.listener_options();
         options.metrics = Some(bus_metrics.clone());
         let created = tokio::spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(OrderCreatedListener::new(queue.clone(), metrics.clone())),
             options.clone(),
             shutdown.clone(),
         ));
         let cancelled = tokio::spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(OrderCancelledListener::new(queue.clone(), metrics.clone())),
             options,
             shutdown.clone(),
         ));
 
         let stream = config.nats.stream();
-        let publisher = Publisher::new(js, stream.clone(), Some(bus_metrics));
+        let publisher = bus.publisher(Some(bus_metrics));
         let handler = PublishExpiration::new(publisher, config.worker.publish_timeout);
         let worker = Worker::new(queue, handler, config.worker.options(), metrics);
-        tracing::info!(queue = %config.redis.queue().tag(), stream = %stream.name, "expiration worker running");
+        tracing::info!(queue = %config.redis.queue().tag(), stream = %stream.name, transport = %bus.transport(), "expiration worker running");
         // A worker that fails takes the listeners down with it, so that the process exits.
         let worker = tokio::spawn(worker.run(shutdown.clone()));
         let worker = worker.await;
         shutdown.cancel();
 
         let (created, cancelled, wakes) = tokio::join!(created, cancelled, wakes);
-        if let Err(e) = client.drain().await {
-            tracing::warn!(error = %ErrorChain(&e), "cannot drain NATS");
-        }
+        bus.close().await;
         ops_shutdown.cancel();
         let ops = ops_task.await;
         for result in [worker, created, cancelled, wakes, ops] {

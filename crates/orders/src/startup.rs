@@ -5,11 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use common::bus::{self, BusError, Publisher};
+use common::bus::{self, Bus, BusError};
 use common::config::redact_url;
 use common::ops::Ops;
-use common::telemetry::ErrorChain;
 use hyper_util::service::TowerToHyperService;
 use mongodb::Database;
 use mongodb::bson::doc;
@@ -64,14 +62,13 @@ pub struct Application {
     port: u16,
     state: AppState,
     database: Database,
-    nats: async_nats::Client,
-    js: jetstream::Context,
+    bus: Bus,
     config: Config,
 }
 
 impl Application {
-    /// Connects to MongoDB (creating the indexes) and NATS (creating the stream), and binds the
-    /// port.
+    /// Connects to MongoDB (creating the indexes) and the bus (choosing its transport; on
+    /// JetStream, creating the stream), and binds the port.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let uri = redact_url(&config.mongo.uri);
         let mut options = ClientOptions::parse(&config.mongo.uri)
@@ -109,9 +106,7 @@ impl Application {
             .await
             .map_err(StartupError::Indexes)?;
 
-        let nats = bus::connect(&config.nats, "orders").await?;
-        let js = jetstream::new(nats.clone());
-        bus::ensure_stream(&js, &config.nats.stream()).await?;
+        let bus = Bus::connect(&config.nats, "orders").await?;
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -122,7 +117,7 @@ impl Application {
             );
             orders = orders.holding_claimed_changes();
         }
-        let publisher = Publisher::new(js.clone(), config.nats.stream(), Some(metrics.bus.clone()));
+        let publisher = bus.publisher(Some(metrics.bus.clone()));
         let outbox = Arc::new(Outbox::new(
             orders.clone(),
             PublishedEvents::new(&database),
@@ -143,7 +138,8 @@ impl Application {
                     }
                 }
             })
-            .with_check("nats", bus::connection_check(nats.clone()));
+            .with_check("nats", bus.check())
+            .with_detail("nats_transport", bus.describe());
         let state = AppState {
             orders,
             tickets: Tickets::new(&database),
@@ -172,8 +168,7 @@ impl Application {
             port,
             state,
             database,
-            nats,
-            js,
+            bus,
             config,
         })
     }
@@ -190,13 +185,12 @@ impl Application {
 
     /// Serves the API, runs the listeners and the outbox relay until `shutdown` is cancelled;
     /// then stops accepting, lets requests and messages in hand finish, flushes the outbox and
-    /// drains NATS.
+    /// closes the bus.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let Application {
             listener,
             state,
-            nats,
-            js,
+            bus,
             config,
             port,
             ..
@@ -205,7 +199,7 @@ impl Application {
         options.metrics = Some(state.metrics.bus.clone());
         let mut listeners = JoinSet::new();
         listeners.spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(TicketCreatedListener {
                 tickets: state.tickets.clone(),
             }),
@@ -213,7 +207,7 @@ impl Application {
             shutdown.clone(),
         ));
         listeners.spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(TicketUpdatedListener {
                 tickets: state.tickets.clone(),
             }),
@@ -221,7 +215,7 @@ impl Application {
             shutdown.clone(),
         ));
         listeners.spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(ExpirationCompleteListener {
                 orders: state.orders.clone(),
                 outbox: state.outbox.clone(),
@@ -230,7 +224,7 @@ impl Application {
             shutdown.clone(),
         ));
         listeners.spawn(bus::supervise(
-            js.clone(),
+            bus.clone(),
             Arc::new(PaymentCreatedListener {
                 orders: state.orders.clone(),
                 outbox: state.outbox.clone(),
@@ -263,9 +257,7 @@ impl Application {
         while listeners.join_next().await.is_some() {}
         relay_stop.cancel();
         let relay = relay.await;
-        if let Err(e) = nats.drain().await {
-            tracing::warn!(error = %ErrorChain(&e), "draining NATS failed");
-        }
+        bus.close().await;
         relay.map_err(StartupError::Relay)?;
         tracing::info!("orders service stopped");
         Ok(())

@@ -11,7 +11,7 @@ pub struct NatsConfig {
     /// NATS server(s), comma-separated; http:// is accepted and treated as nats://
     #[arg(id = "nats_url", value_name = "URL", long = "nats-url", env = "NATS_URL", hide_env_values = true, value_parser = normalize_url)]
     pub url: String,
-    /// Connection name (the pod name); the service's name when unset
+    /// Client id on NATS Streaming (letters, digits, - and _; the service's name and a random suffix when unset) and connection name (the pod name)
     #[arg(
         id = "nats_client_id",
         value_name = "NAME",
@@ -19,8 +19,18 @@ pub struct NatsConfig {
         env = "NATS_CLIENT_ID"
     )]
     pub client_id: Option<String>,
-    /// JetStream stream holding the six subjects
-    #[arg(id = "nats_cluster_id", value_name = "STREAM", long = "nats-cluster-id", env = "NATS_CLUSTER_ID", default_value = "ticketing", value_parser = crate::config::parse::non_empty)]
+    /// Which bus: auto (NATS Streaming if a server answers for NATS_CLUSTER_ID, else JetStream), streaming or jetstream
+    #[arg(
+        id = "nats_transport",
+        value_name = "TRANSPORT",
+        long = "nats-transport",
+        env = "NATS_TRANSPORT",
+        default_value = "auto",
+        value_enum
+    )]
+    pub transport: super::TransportChoice,
+    /// NATS Streaming: the cluster id; JetStream: the stream holding the six subjects
+    #[arg(id = "nats_cluster_id", value_name = "ID", long = "nats-cluster-id", env = "NATS_CLUSTER_ID", default_value = "ticketing", value_parser = crate::config::parse::non_empty)]
     pub cluster_id: String,
     /// Put before every subject; for tests sharing one server
     #[arg(
@@ -115,11 +125,21 @@ pub enum BusError {
         holder: String,
         subjects: String,
     },
-    #[error("cannot set up JetStream consumer `{consumer}`")]
+    #[error("cannot set up the listener `{consumer}`")]
     Consumer {
         consumer: String,
         #[source]
         source: BoxError,
+    },
+    #[error(transparent)]
+    Streaming(#[from] super::streaming::StreamingError),
+    #[error(
+        "no NATS Streaming server answers for cluster id `{cluster_id}`, and JetStream cannot be used either; is NATS_CLUSTER_ID right?"
+    )]
+    NoTransport {
+        cluster_id: String,
+        #[source]
+        source: Box<BusError>,
     },
 }
 

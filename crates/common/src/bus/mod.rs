@@ -1,17 +1,25 @@
-//! The event bus on NATS JetStream (SPEC.md section 2).
+//! The event bus: NATS JetStream, or NATS Streaming for the course's unchanged cluster (SPEC.md
+//! section 2). Services hold a [`Bus`] and never see which transport runs.
 //!
+//! - [`Bus`] (in `transport`): chooses the transport (`NATS_TRANSPORT`), hands out publishers,
+//!   runs listeners, answers readiness and closes.
+//! - [`streaming`]: the NATS Streaming client (sessions, publishes, durable queue subscriptions).
 //! - [`connect`]: configuration from the environment, connecting, and [`ensure_stream`] which
 //!   creates the stream or adds the subjects it lacks.
-//! - [`Publisher`]: publishes any [`crate::Event`] with its `Nats-Msg-Id` and awaits the ack.
-//! - [`Listener`] and [`run_listener`]: a durable pull consumer per (queue group, subject), shared by
-//!   every replica; the runner owns acknowledgement. [`supervise`] restarts a listener that
-//!   stopped or panicked; [`connection_check`] is the NATS readiness check.
+//! - [`Publisher`]: publishes any [`crate::Event`] and awaits the server's ack (on JetStream with
+//!   its `Nats-Msg-Id`, so that a re-publish is dropped).
+//! - [`Listener`]: a handler of one event for one queue group; [`supervise`] runs it on the bus
+//!   (JetStream: a durable pull consumer per (queue group, subject), [`run_listener`]; NATS
+//!   Streaming: a durable queue subscription), shared by every replica, and restarts it if it
+//!   stops or panics. The runner owns acknowledgement.
 //! - [`BusMetrics`]: counters both services expose on `/metrics`.
 
 mod connect;
 mod listener;
 mod metrics;
 mod publisher;
+pub mod streaming;
+mod transport;
 
 pub use connect::{
     BusError, NatsConfig, StreamSpec, connect, connection_check, ensure_stream, normalize_url,
@@ -22,3 +30,4 @@ pub use listener::{
 };
 pub use metrics::{BusMetrics, ConsumerLabels};
 pub use publisher::{PublishError, Published, Publisher};
+pub use transport::{Bus, Transport, TransportChoice};

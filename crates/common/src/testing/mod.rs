@@ -4,10 +4,14 @@
 //! - [`http`]: one HTTP/1.1 request on a fresh connection, and reading `/metrics`.
 //! - [`stream`]: a JetStream stream of a test's own ([`TestStream`], deleted on drop) and the
 //!   [`EventLog`] of everything it holds.
+//! - [`channels`]: the same on NATS Streaming ([`TestChannels`]); [`bus`]: either of them
+//!   ([`TestBus`]), for tests that run on both transports.
 //! - [`servers`]: processes a test owns and can kill: a NATS or Redis server of its own, and the
 //!   service binaries themselves ([`ServiceProcess`]).
 //! - [`cli`]: the command-line manners every binary must have.
 
+pub mod bus;
+pub mod channels;
 pub mod cli;
 pub mod http;
 pub mod servers;
@@ -17,8 +21,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use bus::TestBus;
+pub use channels::{TestChannels, stan_url};
 pub use http::{Answer, get, metric, metric_value, send};
-pub use servers::{MongoServer, NatsServer, RedisServer, ServiceProcess, free_port};
+pub use servers::{MongoServer, NatsServer, RedisServer, ServiceProcess, StanServer, free_port};
 pub use stream::{EventLog, Logged, TestStream};
 
 /// `NATS_URL`, or the local stack's default.

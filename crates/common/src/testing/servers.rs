@@ -219,19 +219,89 @@ impl RedisServer {
 /// The MongoDB-compatible server of the local stack: `MONGO_SERVER` (which `scripts/stack env`
 /// exports), else `mongod` or `ferretdb` on the `PATH`, else Go's `~/go/bin/ferretdb`.
 fn mongo_server() -> PathBuf {
-    if let Some(path) = std::env::var_os("MONGO_SERVER").filter(|path| !path.is_empty()) {
+    program("MONGO_SERVER", &["mongod", "ferretdb"], "ferretdb")
+}
+
+/// The program `$variable` names, else the first of `names` on the PATH, else `go_bin` in
+/// `~/go/bin` (where `go install` puts it).
+fn program(variable: &str, names: &[&str], go_bin: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable).filter(|path| !path.is_empty()) {
         return PathBuf::from(path);
     }
-    let on_path = |name: &str| {
+    let on_path = |name: &&str| {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     };
-    on_path("mongod")
-        .or_else(|| on_path("ferretdb"))
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join("go/bin/ferretdb")
-        })
+    names.iter().find_map(on_path).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join("go/bin")
+            .join(go_bin)
+    })
+}
+
+/// `nats-streaming-server` as the course runs it (memory store, heartbeats every second here
+/// so that a dead client is noticed quickly), cluster id `ticketing`. `STAN_SERVER` names the
+/// binary (`scripts/stack env` exports it).
+pub struct Stan;
+
+impl Launch for Stan {
+    fn command(port: u16, _dir: &Path) -> Command {
+        let mut command = Command::new(program(
+            "STAN_SERVER",
+            &["nats-streaming-server"],
+            "nats-streaming-server",
+        ));
+        command.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-hbi",
+            "1s",
+            "-hbt",
+            "1s",
+            "-hbf",
+            "2",
+            "-SD",
+            "-cid",
+            "ticketing",
+        ]);
+        command
+    }
+
+    /// The cluster answers a discover request (with an error: the request is empty).
+    async fn answers(port: u16) -> bool {
+        let Ok(Ok(client)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            async_nats::connect(format!("nats://127.0.0.1:{port}")),
+        )
+        .await
+        else {
+            return false;
+        };
+        let answered = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.request("_STAN.discover.ticketing", bytes::Bytes::new()),
+        )
+        .await;
+        matches!(answered, Ok(Ok(_)))
+    }
+}
+
+/// A NATS Streaming server of the test's own (memory store: a restart forgets everything).
+pub type StanServer = OwnServer<Stan>;
+
+impl StanServer {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        Self::start_in(temp_dir("stan")).await
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
 }
 
 /// `mongod`, or FerretDB on its SQLite backend (see [`mongo_server`]).

@@ -216,8 +216,8 @@ impl Logged {
 /// Every message of a [`TestStream`], from its start, collected in the background as it arrives
 /// (an ordered consumer), for tests that watch many events and their timing.
 pub struct EventLog {
-    entries: std::sync::Arc<std::sync::Mutex<Vec<Logged>>>,
-    task: tokio::task::JoinHandle<()>,
+    pub(crate) entries: std::sync::Arc<std::sync::Mutex<Vec<Logged>>>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 impl EventLog {

@@ -15,9 +15,14 @@ async fn health_and_readiness_answer_on_the_api_port() {
     assert_eq!(health.status, StatusCode::OK);
     let ready = app.get("/readyz", "").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    // The transport, and why: no NATS Streaming server answers for the test's cluster id.
+    let transport = format!(
+        "jetstream (NATS_TRANSPORT=auto and no NATS Streaming server answers _STAN.discover.{})",
+        app.stream.spec.name
+    );
     assert_eq!(
         ready.json(),
-        json!({"status": "ready", "checks": {"mongodb": "ok", "nats": "ok"}})
+        json!({"status": "ready", "checks": {"mongodb": "ok", "nats": "ok"}, "nats_transport": transport})
     );
     app.stop().await;
 }

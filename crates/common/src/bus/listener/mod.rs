@@ -1,26 +1,32 @@
+mod jetstream;
+mod streaming;
+
+pub use jetstream::run_listener;
+pub(crate) use streaming::run_streaming_listener;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
 use std::panic::AssertUnwindSafe;
 
-use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{BusError, BusMetrics, StreamSpec};
+use super::{Bus, BusMetrics, StreamSpec};
 use crate::telemetry::{ErrorChain, truncate};
 use crate::{Event, Subject};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Handles one kind of event for one queue group. The runner ([`run_listener`]) owns
-/// acknowledgement: `Ok` acks, [`HandlerError::Retry`] naks with backoff (and gives up after
-/// [`ListenerOptions::max_deliveries`]), [`HandlerError::Unavailable`] keeps the message and
-/// tries again with backoff until the dependency answers, [`HandlerError::Reject`] terminates.
+/// Handles one kind of event for one queue group, on either transport: the handler never knows
+/// which. The runner ([`supervise`]) owns acknowledgement: `Ok` acks; [`HandlerError::Retry`]
+/// has the message delivered again later (JetStream: a nak with backoff; NATS Streaming: left
+/// unacked, so the server sends it again after the ack wait) and gives up after
+/// [`ListenerOptions::max_deliveries`]; [`HandlerError::Unavailable`] keeps the message and
+/// tries again with backoff until the dependency answers; [`HandlerError::Reject`] drops it for
+/// good (JetStream: terminated; NATS Streaming: acked).
 /// Events that fail [`Event::validate`] never reach the handler. A handler never acks by hand,
 /// and must be idempotent: delivery is at least once.
 pub trait Listener: Send + Sync + 'static {
@@ -40,7 +46,7 @@ pub trait Listener: Send + Sync + 'static {
 /// Where a message sits in the stream.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageInfo {
-    /// Sequence of the message in the stream.
+    /// Sequence of the message in the stream (NATS Streaming: in its channel).
     pub stream_sequence: u64,
     /// How many times it has been delivered, this time included (1 the first time).
     pub delivered: u64,
@@ -164,118 +170,13 @@ pub fn consumer_name(queue_group: &str, subject: Subject) -> String {
     format!("{queue_group}-{}", subject.token())
 }
 
-/// Runs `listener` until `shutdown` is cancelled: creates (or joins) the durable pull consumer for
-/// its queue group and subject, delivering everything from the start of the stream, and handles
-/// up to `max_in_flight` messages at once. On shutdown it takes no new message, lets the ones in
-/// hand finish and be acknowledged, then returns. Messages fetched but not yet started are
-/// redelivered after the ack wait.
-pub async fn run_listener<L: Listener>(
-    js: &jetstream::Context,
-    listener: Arc<L>,
-    options: &ListenerOptions,
-    shutdown: CancellationToken,
-) -> Result<(), BusError> {
-    let subject = L::Event::SUBJECT;
-    let name = consumer_name(L::QUEUE_GROUP, subject);
-    let config = pull::Config {
-        durable_name: Some(name.clone()),
-        filter_subject: options.stream.subject(subject),
-        deliver_policy: jetstream::consumer::DeliverPolicy::All,
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: options.ack_wait,
-        ..Default::default()
-    };
-    let consumer_error = |source: BoxError| BusError::Consumer {
-        consumer: name.clone(),
-        source,
-    };
-    let permits = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
-    let mut in_hand = JoinSet::new();
-    let mut pause = Duration::from_millis(100);
-
-    'connect: while !shutdown.is_cancelled() {
-        let stream = js
-            .get_stream(&options.stream.name)
-            .await
-            .map_err(|e| consumer_error(e.into()))?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&name, config.clone())
-            .await
-            .map_err(|e| consumer_error(e.into()))?;
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(options.max_in_flight.max(1))
-            .messages()
-            .await
-        {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!(consumer = %name, error = %ErrorChain(&e), "cannot pull; trying again");
-                if sleep_or_shutdown(&shutdown, &mut pause).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        tracing::info!(consumer = %name, %subject, "listening");
-
-        loop {
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'connect,
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break 'connect,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    pause = Duration::from_millis(100);
-                    let listener = listener.clone();
-                    let options = options.clone();
-                    let shutdown = shutdown.clone();
-                    in_hand.spawn(async move {
-                        handle(&*listener, message, &options, &shutdown).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(consumer = %name, error = %ErrorChain(&e), "pull interrupted; resuming");
-                    break;
-                }
-                None => break,
-            }
-            while let Some(done) = in_hand.try_join_next() {
-                log_join_error(&name, done);
-            }
-        }
-        if sleep_or_shutdown(&shutdown, &mut pause).await {
-            break;
-        }
-    }
-    while let Some(done) = in_hand.join_next().await {
-        log_join_error(&name, done);
-    }
-    tracing::info!(consumer = %name, "stopped");
-    Ok(())
-}
-
-/// Handlers' panics are caught in [`handle`]; this reports anything else that ended a message's
-/// task abnormally, which would be a bug of the runner itself.
-fn log_join_error(consumer: &str, done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        tracing::error!(%consumer, error = %e, "a message task failed; the message is redelivered after the ack wait");
-    }
-}
-
-/// Runs `listener` until `shutdown`, starting it again whenever it stops on an error (NATS away
-/// long enough for the consumer lookup to fail, the stream recreated) or panics: each restart is
-/// logged with its cause and counted (`listener_restarts_total`), after a pause growing from
-/// 200 ms to 5 s. The service keeps serving meanwhile.
+/// Runs `listener` on `bus` until `shutdown`, starting it again whenever it stops on an error
+/// (NATS away long enough for the consumer lookup or the subscribe to fail, the stream
+/// recreated) or panics: each restart is logged with its cause and counted
+/// (`listener_restarts_total`), after a pause growing from 200 ms to 5 s. The service keeps
+/// serving meanwhile.
 pub async fn supervise<L: Listener>(
-    js: jetstream::Context,
+    bus: Bus,
     listener: Arc<L>,
     options: ListenerOptions,
     shutdown: CancellationToken,
@@ -284,13 +185,13 @@ pub async fn supervise<L: Listener>(
     let mut pause = Duration::from_millis(200);
     loop {
         let run = tokio::spawn({
-            let (js, listener, options, shutdown) = (
-                js.clone(),
+            let (bus, listener, options, shutdown) = (
+                bus.clone(),
                 listener.clone(),
                 options.clone(),
                 shutdown.clone(),
             );
-            async move { run_listener(&js, listener, &options, shutdown).await }
+            async move { bus.run_listener(listener, &options, shutdown).await }
         });
         let cause = match run.await {
             Ok(Ok(())) => return,
@@ -323,12 +224,43 @@ async fn sleep_or_shutdown(shutdown: &CancellationToken, pause: &mut Duration) -
     !slept
 }
 
+/// Handlers' panics are caught in [`handle`]; this reports anything else that ended a message's
+/// task abnormally, which would be a bug of the runner itself.
+fn log_join_error(consumer: &str, done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(%consumer, error = %e, "a message task failed; the message is redelivered after the ack wait");
+    }
+}
+
 /// Longest text of an event or an error a log line carries: a hostile body cannot flood the log.
 const LOGGED_BYTES: usize = 300;
 
-async fn handle<L: Listener>(
+/// How a runner ends a message's delivery; each transport maps it onto what its server offers.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    /// Handled: never deliver it again.
+    Ack,
+    /// Can never be handled (undecodable, invalid, rejected, given up): never deliver it again.
+    Term,
+    /// Deliver it again after about this delay.
+    Retry(Duration),
+    /// Shutting down with it in hand: deliver it again soon, to anyone.
+    Release,
+}
+
+/// A message as a runner received it, whatever the transport.
+trait Received: Send + Sync {
+    fn payload(&self) -> &[u8];
+    fn info(&self) -> MessageInfo;
+    fn settle(&self, how: Settle) -> impl Future<Output = ()> + Send;
+    /// Tells the server the message is still being worked on, where it can be told.
+    fn in_progress(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Decodes, validates and hands one message to `listener`, then settles it by the outcome.
+async fn handle<L: Listener, R: Received>(
     listener: &L,
-    message: jetstream::Message,
+    message: &R,
     options: &ListenerOptions,
     shutdown: &CancellationToken,
 ) {
@@ -338,38 +270,27 @@ async fn handle<L: Listener>(
             metrics.count_handled(subject.as_str(), outcome);
         }
     };
-    let info = match message.info() {
-        Ok(info) => MessageInfo {
-            stream_sequence: info.stream_sequence,
-            delivered: info.delivered.max(1) as u64,
-        },
-        Err(e) => {
-            // Not from a JetStream consumer: it can never be handled, so it must not come back.
-            tracing::error!(%subject, error = %e, "message without JetStream metadata; terminating it");
-            count("undecodable");
-            acknowledge(&message, AckKind::Term).await;
-            return;
-        }
-    };
+    let info = message.info();
     let span = tracing::info_span!("message", %subject, seq = info.stream_sequence, delivered = info.delivered);
     async {
+        let payload = message.payload();
         let head = || {
-            let end = message.payload.len().min(LOGGED_BYTES);
-            String::from_utf8_lossy(&message.payload[..end]).into_owned()
+            let end = payload.len().min(LOGGED_BYTES);
+            String::from_utf8_lossy(&payload[..end]).into_owned()
         };
-        let event = match serde_json::from_slice::<L::Event>(&message.payload) {
+        let event = match serde_json::from_slice::<L::Event>(payload) {
             Ok(event) => event,
             Err(e) => {
-                tracing::error!(error = %truncate(&e.to_string(), LOGGED_BYTES), body = %head(), "undecodable body; terminating it");
+                tracing::error!(error = %truncate(&e.to_string(), LOGGED_BYTES), body = %head(), "undecodable body; dropping it for good");
                 count("undecodable");
-                acknowledge(&message, AckKind::Term).await;
+                message.settle(Settle::Term).await;
                 return;
             }
         };
         if let Err(invalid) = event.validate() {
-            tracing::error!(error = %invalid, body = %head(), "invalid event; terminating it");
+            tracing::error!(error = %invalid, body = %head(), "invalid event; dropping it for good");
             count("invalid");
-            acknowledge(&message, AckKind::Term).await;
+            message.settle(Settle::Term).await;
             return;
         }
         // Never as long as the ack wait: the server would redeliver a message still in hand.
@@ -393,38 +314,38 @@ async fn handle<L: Listener>(
             match outcome {
                 Ok(()) => {
                     count("ack");
-                    acknowledge(&message, AckKind::Ack).await;
+                    message.settle(Settle::Ack).await;
                 }
                 Err(HandlerError::Retry(e)) if info.delivered >= options.max_deliveries => {
                     tracing::error!(
                         message_id = %truncate(&event.message_id(), LOGGED_BYTES),
                         error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES),
                         max_deliveries = options.max_deliveries,
-                        "giving up on an event its handler still cannot apply; terminating it"
+                        "giving up on an event its handler still cannot apply; dropping it for good"
                     );
                     count("gave_up");
-                    acknowledge(&message, AckKind::Term).await;
+                    message.settle(Settle::Term).await;
                 }
                 Err(HandlerError::Retry(e)) => {
                     let delay = options.backoff.delay(info.delivered);
-                    tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, "handler failed; redelivering after backoff");
+                    tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, "handler failed; the message will be redelivered");
                     count("retry");
-                    acknowledge(&message, AckKind::Nak(Some(delay))).await;
+                    message.settle(Settle::Retry(delay)).await;
                 }
                 Err(HandlerError::Unavailable(e)) => {
                     let delay = options.unavailable_backoff.delay(attempt);
                     tracing::warn!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), ?delay, attempt, "a dependency is unavailable; keeping the message and trying again");
                     count("unavailable");
-                    if hold(&message, delay, options.ack_wait, shutdown).await {
+                    if hold(message, delay, options.ack_wait, shutdown).await {
                         continue;
                     }
-                    // Shutting down: another replica, or the next start, takes it at once.
-                    acknowledge(&message, AckKind::Nak(None)).await;
+                    // Shutting down: another replica, or the next start, takes it.
+                    message.settle(Settle::Release).await;
                 }
                 Err(HandlerError::Reject(e)) => {
-                    tracing::error!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), "handler rejected the event; terminating it");
+                    tracing::error!(error = %truncate(&ErrorChain(&*e).to_string(), LOGGED_BYTES), "handler rejected the event; dropping it for good");
                     count("reject");
-                    acknowledge(&message, AckKind::Term).await;
+                    message.settle(Settle::Term).await;
                 }
             }
             return;
@@ -444,9 +365,9 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Keeps `message` in hand for `delay` (telling the server the work is in progress, so it does
-/// not redeliver it meanwhile); false if `shutdown` came first.
-async fn hold(
-    message: &jetstream::Message,
+/// not redeliver it meanwhile, where it can); false if `shutdown` came first.
+async fn hold<R: Received>(
+    message: &R,
     delay: Duration,
     ack_wait: Duration,
     shutdown: &CancellationToken,
@@ -457,21 +378,11 @@ async fn hold(
         if left.is_zero() {
             return true;
         }
-        if let Err(e) = message.ack_with(AckKind::Progress).await {
-            tracing::debug!(error = %e, "cannot extend the ack wait");
-        }
+        message.in_progress().await;
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(left.min(ack_wait / 2)) => {}
         }
-    }
-}
-
-/// Sends the acknowledgement and waits for the server to confirm it, so that a message reported
-/// as acked is never delivered again. A lost ack only means a redelivery, which handlers absorb.
-async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
-    if let Err(e) = message.double_ack_with(kind).await {
-        tracing::warn!(error = %e, ?kind, "acknowledgement not confirmed; the message may be redelivered");
     }
 }
 
