@@ -1,17 +1,22 @@
 // Interop check: the wire contract (SPEC.md sections 1, 4 and 5) against clients nobody on the
-// team wrote. Plays the tickets and payments services (npm `nats`, JetStream), the auth service
+// team wrote. Plays the tickets and payments services (bus.mjs: npm `nats` on JetStream, or the
+// course's `@sgtickets/common` Publisher/Listener on NATS Streaming), the auth service
 // (`jsonwebtoken`, and `cookie-session` itself to build the cookie) and a browser (fetch), and
-// asserts field by field what the Rust orders service answers and publishes.
+// asserts field by field what the Rust orders service answers and publishes. The same checks run
+// on either transport.
 //
-// Environment: ORDERS_URL, NATS_URL, NATS_CLUSTER_ID (stream), NATS_SUBJECT_PREFIX, JWT_KEY,
-// EXPIRATION_WINDOW_SECONDS (what orders was started with).
+// Run: npm ci; ORDERS_URL=… NATS_URL=… NATS_CLUSTER_ID=… JWT_KEY=… EXPIRATION_WINDOW_SECONDS=…
+//      node interop.mjs       (the e2e test `node_clients_of_the_ticketing_stack_…` does this)
+// Environment: ORDERS_URL, NATS_URL, NATS_CLUSTER_ID (JetStream: the stream; Streaming: the
+// cluster id), NATS_TRANSPORT (jetstream by default, streaming or auto), NATS_SUBJECT_PREFIX,
+// JWT_KEY, EXPIRATION_WINDOW_SECONDS (what orders was started with).
 
 import assert from "node:assert/strict";
 import http from "node:http";
 import crypto from "node:crypto";
-import { connect, AckPolicy, DeliverPolicy, StringCodec } from "nats";
 import jwt from "jsonwebtoken";
 import cookieSession from "cookie-session";
+import { openBus } from "./bus.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -19,11 +24,8 @@ const env = (name) => {
   return value;
 };
 const ORDERS_URL = env("ORDERS_URL");
-const STREAM = env("NATS_CLUSTER_ID");
-const PREFIX = process.env.NATS_SUBJECT_PREFIX ?? "";
 const JWT_KEY = env("JWT_KEY");
 const WINDOW_MS = Number(env("EXPIRATION_WINDOW_SECONDS")) * 1000;
-const sc = StringCodec();
 const objectId = () => crypto.randomBytes(12).toString("hex");
 const OBJECT_ID = /^[0-9a-f]{24}$/;
 const ISO_MILLIS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
@@ -90,49 +92,16 @@ async function reserveAnnounced(cookie, ticketId) {
   }
 }
 
-const nc = await connect({ servers: env("NATS_URL").replace(/^http:/, "nats:") });
-const js = nc.jetstream();
-const jsm = await nc.jetstreamManager();
+const bus = await openBus(process.env);
+console.log(`interop: transport ${bus.transport} (${bus.why})`);
 
-// The tickets and payments services publish `JSON.stringify(data)` on the plain subject.
-async function publish(subject, data) {
-  await js.publish(PREFIX + subject, sc.encode(JSON.stringify(data)), { msgID: `interop-${subject}-${objectId()}` });
-}
-
-// Our own durable consumer, as a Node peer (payments) would have.
-async function durable(subject) {
-  const name = `interop-${subject.replace(":", "-")}`;
-  await jsm.consumers.add(STREAM, {
-    durable_name: name,
-    ack_policy: AckPolicy.Explicit,
-    deliver_policy: DeliverPolicy.All,
-    filter_subject: PREFIX + subject,
-  });
-  const consumer = await js.consumers.get(STREAM, name);
-  return {
-    name,
-    // The next message whose body satisfies `match`, acked; earlier ones are acked and skipped.
-    async next(match, timeoutMs = 10000) {
-      const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
-        const message = await consumer.next({ expires: 1000 });
-        if (!message) continue;
-        message.ack();
-        const data = JSON.parse(sc.decode(message.data));
-        if (match(data)) return data;
-      }
-      throw new Error(`no matching ${subject} within ${timeoutMs} ms`);
-    },
-  };
-}
-
-const created = await durable("order:created");
-const cancelled = await durable("order:cancelled");
+const created = await bus.durable("order:created");
+const cancelled = await bus.durable("order:cancelled");
 const alice = await signIn("alice@example.com");
 const bob = await signIn("bob@example.com");
 
 const ticket = { id: objectId(), version: 0, title: "Interop concert", price: 12.5, userId: objectId() };
-await publish("ticket:created", ticket);
+await bus.publish("ticket:created", ticket);
 
 let order;
 await check("POST /api/orders answers 201 with the order JSON of SPEC section 4", async () => {
@@ -208,7 +177,7 @@ await check("DELETE answers 204 and order:cancelled carries exactly id, version 
 });
 
 await check("ticket:updated from the tickets service (orderId omitted) updates the embedded ticket", async () => {
-  await publish("ticket:updated", { id: ticket.id, version: 1, title: "Interop concert (moved)", price: 15, userId: ticket.userId });
+  await bus.publish("ticket:updated", { id: ticket.id, version: 1, title: "Interop concert (moved)", price: 15, userId: ticket.userId });
   const deadline = Date.now() + 10000;
   let shown;
   do {
@@ -224,7 +193,7 @@ await check("ticket:updated from the tickets service (orderId omitted) updates t
 await check("payment:created from the payments service completes an order", async () => {
   const second = await reserveAnnounced(bob.cookie, ticket.id);
   assert.equal(second.status, 201, second.text);
-  await publish("payment:created", { id: objectId(), orderId: second.json.id, stripeId: "ch_interop" });
+  await bus.publish("payment:created", { id: objectId(), orderId: second.json.id, stripeId: "ch_interop" });
   const deadline = Date.now() + 10000;
   let shown;
   do {
@@ -238,7 +207,6 @@ await check("payment:created from the payments service completes an order", asyn
   assert.equal(refused.json.errors.length, 1);
 });
 
-for (const consumer of [created, cancelled]) await jsm.consumers.delete(STREAM, consumer.name);
-await nc.drain();
+await bus.close();
 console.log(`interop: ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

@@ -1,17 +1,18 @@
-//! A private world for one test or demo run: its own JetStream stream and subject prefix, its
-//! own MongoDB database and Redis key prefix, a JWT secret, and the environment that puts both
-//! services in it.
+//! A private world for one test or demo run: its own JetStream stream or NATS Streaming channels
+//! (with a subject prefix of its own), its own MongoDB database and Redis key prefix, a JWT
+//! secret, and the environment that puts both services in it.
 
+use common::bus::Transport;
 use common::http::JwtKey;
-use common::testing::{EventLog, TestStream, mongo_uri, redis_url, unique_name};
+use common::testing::{EventLog, TestBus, mongo_uri, redis_url, unique_name};
 
 use crate::peers::{Buyer, Peers, sign_in};
 use crate::process::{ServiceProcess, free_port, start_service};
 
 /// A world of its own on the local stack (or on a NATS server of the test's own).
 pub struct Scenario {
-    pub stream: TestStream,
-    /// Every event of the stream, as it arrives, with its store time.
+    pub bus: TestBus,
+    /// Every event of the world, as it arrives, with its store time.
     pub log: EventLog,
     pub peers: Peers,
     pub jwt: JwtKey,
@@ -34,22 +35,27 @@ pub struct Scenario {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Scenario {
-    /// A world on the local stack's NATS server.
+    /// A world on the local stack's JetStream.
     pub async fn new(window_secs: u64) -> Self {
-        Self::build(TestStream::new().await, window_secs).await
+        Self::on(Transport::JetStream, window_secs).await
     }
 
-    /// A world on the NATS server at `nats_url`.
-    pub async fn on_nats(nats_url: &str, window_secs: u64) -> Self {
-        Self::build(TestStream::on(nats_url).await, window_secs).await
+    /// A world on the local stack's server of `transport`.
+    pub async fn on(transport: Transport, window_secs: u64) -> Self {
+        Self::build(TestBus::new(transport).await, window_secs).await
     }
 
-    async fn build(stream: TestStream, window_secs: u64) -> Self {
+    /// A world on the server at `url` (a test's own), speaking `transport`.
+    pub async fn on_server(transport: Transport, url: &str, window_secs: u64) -> Self {
+        Self::build(TestBus::on(transport, url).await, window_secs).await
+    }
+
+    async fn build(bus: TestBus, window_secs: u64) -> Self {
         let exclusive = ONE_AT_A_TIME.lock().await;
         let name = unique_name("e2e").replace('-', "_");
         let jwt_secret = unique_name("secret");
-        let log = stream.log().await;
-        let peers = Peers::new(stream.publisher());
+        let log = bus.log().await;
+        let peers = Peers::new(bus.publisher());
         Scenario {
             log,
             peers,
@@ -66,14 +72,14 @@ impl Scenario {
                 ("EXPIRATION_RETRY_INITIAL_MS".into(), "200".into()),
                 ("EXPIRATION_RETRY_MAX_MS".into(), "1000".into()),
             ],
-            stream,
+            bus,
             _exclusive: exclusive,
         }
     }
 
     fn common_env(&self, client_id: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self
-            .stream
+            .bus
             .env()
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -130,10 +136,15 @@ impl Scenario {
         sign_in(&self.jwt, email)
     }
 
+    /// The transport of this world.
+    pub fn transport(&self) -> Transport {
+        self.bus.transport()
+    }
+
     /// Deletes the stream (the database and Redis keys are unique to this run and small).
     pub async fn finish(self) {
         drop(self.log);
-        self.stream.delete().await;
+        self.bus.delete().await;
     }
 }
 

@@ -157,7 +157,14 @@ impl Outbox {
         loop {
             let orders = self.orders.with_outbox(after, BATCH).await?;
             for order in &orders {
-                published += self.flush(order).await?;
+                // The batch may be old by now: a request or listener may have published this
+                // order's events and emptied its outbox meanwhile (forgetting their marks), and
+                // flushing the old copy would publish them again (JetStream drops such a copy by
+                // its message id; NATS Streaming would deliver it). Flush the order as it is now.
+                let Some(current) = self.orders.get(order.id).await? else {
+                    continue;
+                };
+                published += self.flush(&current).await?;
             }
             match orders.last() {
                 Some(last) if orders.len() as i64 == BATCH => after = Some(last.id),

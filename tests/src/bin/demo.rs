@@ -3,7 +3,7 @@
 //! builds, and runs this.
 //!
 //! ```text
-//! demo [--window SECONDS] [--keep-running]
+//! demo [--window SECONDS] [--transport jetstream|streaming] [--keep-running]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use common::bus::Transport;
 use common::config::{Settings, parse};
 use common::events::{ExpirationComplete, OrderCancelled, OrderCreated};
-use common::testing::Logged;
+use common::testing::{Logged, TestBus};
 use common::{Event, Subject};
 use e2e::orders_api::OrdersApi;
 use e2e::process::ServiceProcess;
@@ -27,12 +28,31 @@ struct Options {
     /// Expiration window of the orders, in seconds
     #[arg(long = "window", default_value = "5", value_parser = parse::positive::<u64>)]
     window_secs: u64,
+    /// The bus: jetstream, or streaming (NATS Streaming, the course's broker)
+    #[arg(long, value_enum, default_value = "jetstream")]
+    transport: DemoTransport,
     /// Leave the services up afterwards (Ctrl-C stops them), with the API URL and a cookie for curl
     #[arg(long)]
     keep_running: bool,
 }
 
 impl Settings for Options {}
+
+/// The transports the demo can run on.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DemoTransport {
+    Jetstream,
+    Streaming,
+}
+
+impl From<DemoTransport> for Transport {
+    fn from(transport: DemoTransport) -> Self {
+        match transport {
+            DemoTransport::Jetstream => Transport::JetStream,
+            DemoTransport::Streaming => Transport::Streaming,
+        }
+    }
+}
 
 fn step(text: &str) {
     println!("\n==> {text}");
@@ -61,10 +81,18 @@ async fn main() {
 }
 
 async fn run(options: Options) -> anyhow::Result<String> {
-    let world = Scenario::new(options.window_secs).await;
+    let world = Scenario::on(options.transport.into(), options.window_secs).await;
+    let place = match &world.bus {
+        TestBus::JetStream(stream) => format!("JetStream stream {}", stream.spec.name),
+        TestBus::Streaming(channels) => format!(
+            "NATS Streaming cluster {} at {}",
+            channels.cluster_id, channels.url
+        ),
+    };
     step(&format!(
-        "starting orders and expiration (expiration window {} s; stream {}, subjects prefixed {:?})",
-        options.window_secs, world.stream.spec.name, world.stream.spec.subject_prefix
+        "starting orders and expiration (expiration window {} s; {place}, subjects prefixed {:?})",
+        options.window_secs,
+        world.bus.spec().subject_prefix
     ));
     let mut orders = world.start_orders("demo-orders").await?;
     let mut expiration = world.start_expiration("demo-expiration").await?;
@@ -156,7 +184,7 @@ async fn walk(
     );
     show(format!("{} {}", refused.status, refused.body));
 
-    step("events as they arrive on the stream");
+    step("events as they arrive on the bus");
     let (created_event, _) = wait_for::<OrderCreated>(world, &order_id, deadline).await?;
     show(format!(
         "order:created        version {} expiresAt {}",
@@ -245,7 +273,8 @@ async fn walk(
     ));
 
     Ok(format!(
-        "unpaid order cancelled {latency:.1} ms after expiresAt (version 1 published); second buyer refused; paid order stayed complete"
+        "{}: unpaid order cancelled {latency:.1} ms after expiresAt (version 1 published); second buyer refused; paid order stayed complete",
+        world.transport()
     ))
 }
 

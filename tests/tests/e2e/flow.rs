@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use common::bus::Transport;
 use common::events::{ExpirationComplete, OrderCancelled};
 use e2e::orders_api::OrdersApi;
 use e2e::scenario::Scenario;
@@ -10,7 +11,17 @@ use super::support::{assert_expired_exactly_once, last_expiry, place_orders, unt
 
 #[tokio::test]
 async fn an_unpaid_order_expires_and_is_cancelled_while_a_paid_one_stays_complete() {
-    let world = Scenario::new(2).await;
+    expiry_flow(Transport::JetStream).await;
+}
+
+#[tokio::test]
+async fn on_nats_streaming_an_unpaid_order_expires_and_is_cancelled_while_a_paid_one_stays_complete()
+ {
+    expiry_flow(Transport::Streaming).await;
+}
+
+async fn expiry_flow(transport: Transport) {
+    let world = Scenario::on(transport, 2).await;
     let orders = world.start_orders("flow-orders").await.unwrap();
     let expiration = world.start_expiration("flow-expiration").await.unwrap();
     let api = OrdersApi::new(&orders.url());
@@ -117,7 +128,16 @@ async fn two_hundred_orders_with_staggered_windows_are_each_cancelled_exactly_on
 
 #[tokio::test]
 async fn two_replicas_of_each_service_cancel_every_unpaid_order_exactly_once() {
-    let world = Scenario::new(8).await;
+    two_replicas_of_each(Transport::JetStream).await;
+}
+
+#[tokio::test]
+async fn on_nats_streaming_two_replicas_of_each_service_cancel_every_unpaid_order_exactly_once() {
+    two_replicas_of_each(Transport::Streaming).await;
+}
+
+async fn two_replicas_of_each(transport: Transport) {
+    let world = Scenario::on(transport, 8).await;
     let orders_a = world.start_orders("replicas-orders-a").await.unwrap();
     let orders_b = world.start_orders("replicas-orders-b").await.unwrap();
     let expiration_a = world
@@ -139,7 +159,7 @@ async fn two_replicas_of_each_service_cancel_every_unpaid_order_exactly_once() {
         until(last_expiry(&placed), Duration::from_secs(20)),
     )
     .await;
-    println!("200 orders, two replicas of each service: {latency}");
+    println!("200 orders, two replicas of each service, {transport}: {latency}");
     drop((orders_a, orders_b, expiration_a, expiration_b));
     world.finish().await;
 }

@@ -108,6 +108,17 @@ pub async fn place_orders(
     placed
 }
 
+/// Whether a run may see an event published twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Republish {
+    /// Never: every event exactly once (JetStream drops re-publishes by message id; on NATS
+    /// Streaming, a run where nothing crashes publishes nothing twice either).
+    Never,
+    /// A crash between publishing and its bookkeeping may publish the same event again (NATS
+    /// Streaming does not de-duplicate): copies must be identical, and are counted.
+    Counted,
+}
+
 /// Waits until every unpaid order has been cancelled, then checks the guarantees: one
 /// `order:created` (version 0) per order, exactly one `order:cancelled` (version 1) per unpaid
 /// order and none for paid ones, nothing earlier than `expiresAt`. Returns the expiry latency
@@ -117,27 +128,64 @@ pub async fn assert_expired_exactly_once(
     placed: &[Placed],
     deadline: Duration,
 ) -> Latency {
+    assert_expired_once(log, placed, deadline, Republish::Never)
+        .await
+        .latency
+}
+
+/// What a run's events showed.
+pub struct Expired {
+    /// `expiration:complete` store time minus `expiresAt`, over all orders (first copies).
+    pub latency: Latency,
+    /// Identical copies of an event already published (only with [`Republish::Counted`]).
+    pub republished: usize,
+}
+
+impl std::fmt::Display for Expired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}; events published twice: {}",
+            self.latency, self.republished
+        )
+    }
+}
+
+/// [`assert_expired_exactly_once`], where `republish` says whether identical copies of an event
+/// are allowed (and counted): the state changes behind them must still happen once, so an
+/// unpaid order is cancelled once (one version, 1), a paid one never.
+pub async fn assert_expired_once(
+    log: &EventLog,
+    placed: &[Placed],
+    deadline: Duration,
+    republish: Republish,
+) -> Expired {
     let unpaid = placed.iter().filter(|p| !p.paid).count();
+    let wanted: std::collections::HashSet<&str> =
+        placed.iter().map(|p| p.order_id.as_str()).collect();
+    let distinct = |all: &[common::testing::Logged], subject: common::Subject| {
+        all.iter()
+            .filter(|l| l.subject == subject)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l.body).ok())
+            .filter_map(|body| {
+                body.get("id")
+                    .or_else(|| body.get("orderId"))
+                    .and_then(|id| id.as_str().map(str::to_owned))
+            })
+            .filter(|id| wanted.contains(id.as_str()))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
     log.wait_until(
         deadline,
         &format!("{unpaid} order:cancelled events"),
-        |all| {
-            all.iter()
-                .filter(|l| l.subject == common::Subject::OrderCancelled)
-                .count()
-                >= unpaid
-        },
+        |all| distinct(all, common::Subject::OrderCancelled) >= unpaid,
     )
     .await;
     log.wait_until(
         deadline,
         &format!("{} expiration:complete events", placed.len()),
-        |all| {
-            all.iter()
-                .filter(|l| l.subject == common::Subject::ExpirationComplete)
-                .count()
-                >= placed.len()
-        },
+        |all| distinct(all, common::Subject::ExpirationComplete) >= placed.len(),
     )
     .await;
     // Anything extra (a second cancellation, a paid order cancelled late) would show up now.
@@ -146,30 +194,36 @@ pub async fn assert_expired_exactly_once(
     let created = count_by(log.events::<OrderCreated>(), |e| e.id.clone());
     let cancelled = count_by(log.events::<OrderCancelled>(), |e| e.id.clone());
     let expired = count_by(log.events::<ExpirationComplete>(), |e| e.order_id.clone());
+    let mut republished = 0;
+    let mut copies = |what: &str, id: &str, events: usize, identical: bool| {
+        assert!(events >= 1, "order {id}: no {what}");
+        assert!(identical, "order {id}: {what} events differ");
+        if republish == Republish::Never {
+            assert_eq!(events, 1, "order {id}: {events} {what} events");
+        }
+        republished += events - 1;
+    };
     let mut latencies = Vec::new();
     for order in placed {
         let id = &order.order_id;
         let made = created.get(id).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(
+        copies(
+            "order:created",
+            id,
             made.len(),
-            1,
-            "order {id}: {} order:created events",
-            made.len()
+            made.iter()
+                .all(|(e, _)| made.first().is_some_and(|(f, _)| e == f)),
         );
         assert_eq!(made[0].0.version, 0, "order {id}: order:created version");
         let fired = expired.get(id).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(
-            fired.len(),
-            1,
-            "order {id}: {} expiration:complete events",
-            fired.len()
-        );
-        assert!(
-            fired[0].1 >= order.expires_at,
-            "order {id}: expired at {} before its expiresAt {}",
-            fired[0].1,
-            order.expires_at
-        );
+        copies("expiration:complete", id, fired.len(), true);
+        for (_, at) in fired {
+            assert!(
+                *at >= order.expires_at,
+                "order {id}: expired at {at} before its expiresAt {}",
+                order.expires_at
+            );
+        }
         latencies.push(
             (fired[0].1 - order.expires_at)
                 .num_microseconds()
@@ -180,23 +234,30 @@ pub async fn assert_expired_exactly_once(
         if order.paid {
             assert!(cancellations.is_empty(), "paid order {id} was cancelled");
         } else {
-            assert_eq!(
+            copies(
+                "order:cancelled",
+                id,
                 cancellations.len(),
-                1,
-                "unpaid order {id}: {} order:cancelled events",
-                cancellations.len()
+                cancellations
+                    .iter()
+                    .all(|(e, _)| cancellations.first().is_some_and(|(f, _)| e == f)),
             );
             assert_eq!(
                 cancellations[0].0.version, 1,
                 "order {id}: order:cancelled version"
             );
-            assert!(
-                cancellations[0].1 >= order.expires_at,
-                "order {id} cancelled before it expired"
-            );
+            for (_, at) in cancellations {
+                assert!(
+                    *at >= order.expires_at,
+                    "order {id} cancelled before it expired"
+                );
+            }
         }
     }
-    Latency::of(&latencies).expect("at least one order")
+    Expired {
+        latency: Latency::of(&latencies).expect("at least one order"),
+        republished,
+    }
 }
 
 fn count_by<E>(

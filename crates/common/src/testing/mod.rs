@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 pub use bus::TestBus;
 pub use channels::{TestChannels, stan_url};
 pub use http::{Answer, get, metric, metric_value, send};
-pub use servers::{MongoServer, NatsServer, RedisServer, ServiceProcess, StanServer, free_port};
+pub use servers::{
+    MongoServer, NatsServer, RedisServer, ServiceProcess, StanFileServer, StanServer, free_port,
+};
 pub use stream::{EventLog, Logged, TestStream};
 
 /// `NATS_URL`, or the local stack's default.

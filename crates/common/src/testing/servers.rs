@@ -141,10 +141,28 @@ impl Launch for Nats {
 /// A NATS server with JetStream of the test's own.
 pub type NatsServer = OwnServer<Nats>;
 
-impl NatsServer {
+/// Servers clients reach with a `nats://` URL.
+pub trait SpeaksNats: Launch {
+    /// The name of its data directory.
+    const NAME: &'static str;
+}
+
+impl SpeaksNats for Nats {
+    const NAME: &'static str = "nats";
+}
+
+impl SpeaksNats for Stan {
+    const NAME: &'static str = "stan";
+}
+
+impl SpeaksNats for StanFile {
+    const NAME: &'static str = "stan-file";
+}
+
+impl<S: SpeaksNats> OwnServer<S> {
     /// Starts one on a free port.
     pub async fn start() -> Self {
-        Self::start_in(temp_dir("nats")).await
+        Self::start_in(temp_dir(S::NAME)).await
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -245,64 +263,81 @@ fn program(variable: &str, names: &[&str], go_bin: &str) -> PathBuf {
 /// binary (`scripts/stack env` exports it).
 pub struct Stan;
 
+/// The same with its file store in the server's directory: a restart forgets nothing.
+pub struct StanFile;
+
+fn stan_command(port: u16) -> Command {
+    let mut command = Command::new(program(
+        "STAN_SERVER",
+        &["nats-streaming-server"],
+        "nats-streaming-server",
+    ));
+    command.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-hbi",
+        "1s",
+        "-hbt",
+        "1s",
+        "-hbf",
+        "2",
+        "-SD",
+        "-cid",
+        "ticketing",
+        // Every test makes six channels of its own; the default limit is 100.
+        "-mc",
+        "0",
+    ]);
+    command
+}
+
+/// The cluster answers a discover request (with an error: the request is empty).
+async fn stan_answers(port: u16) -> bool {
+    let Ok(Ok(client)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        async_nats::connect(format!("nats://127.0.0.1:{port}")),
+    )
+    .await
+    else {
+        return false;
+    };
+    let answered = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request("_STAN.discover.ticketing", bytes::Bytes::new()),
+    )
+    .await;
+    matches!(answered, Ok(Ok(_)))
+}
+
 impl Launch for Stan {
     fn command(port: u16, _dir: &Path) -> Command {
-        let mut command = Command::new(program(
-            "STAN_SERVER",
-            &["nats-streaming-server"],
-            "nats-streaming-server",
-        ));
-        command.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-hbi",
-            "1s",
-            "-hbt",
-            "1s",
-            "-hbf",
-            "2",
-            "-SD",
-            "-cid",
-            "ticketing",
-        ]);
+        stan_command(port)
+    }
+
+    async fn answers(port: u16) -> bool {
+        stan_answers(port).await
+    }
+}
+
+impl Launch for StanFile {
+    fn command(port: u16, dir: &Path) -> Command {
+        let mut command = stan_command(port);
+        command.args(["-store", "file", "-dir"]).arg(dir);
         command
     }
 
-    /// The cluster answers a discover request (with an error: the request is empty).
     async fn answers(port: u16) -> bool {
-        let Ok(Ok(client)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            async_nats::connect(format!("nats://127.0.0.1:{port}")),
-        )
-        .await
-        else {
-            return false;
-        };
-        let answered = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.request("_STAN.discover.ticketing", bytes::Bytes::new()),
-        )
-        .await;
-        matches!(answered, Ok(Ok(_)))
+        stan_answers(port).await
     }
 }
 
 /// A NATS Streaming server of the test's own (memory store: a restart forgets everything).
 pub type StanServer = OwnServer<Stan>;
 
-impl StanServer {
-    /// Starts one on a free port.
-    pub async fn start() -> Self {
-        Self::start_in(temp_dir("stan")).await
-    }
-
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
+/// A NATS Streaming server of the test's own keeping its file store across restarts.
+pub type StanFileServer = OwnServer<StanFile>;
 
 /// `mongod`, or FerretDB on its SQLite backend (see [`mongo_server`]).
 pub struct Mongo;

@@ -118,6 +118,17 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The error for a request the server refused; a refusal because the server does not know
+    /// our client id (it restarted, or dropped us) means this session is lost: a new one is
+    /// opened at once rather than at the next ping.
+    fn refused(&self, error: String) -> StreamingError {
+        if error.contains("unknown clientID") {
+            tracing::warn!(%error, "the NATS Streaming server no longer knows this session");
+            self.lost.cancel();
+        }
+        StreamingError::Refused(error)
+    }
+
     /// Fails every publish still waiting for its ack.
     fn fail_pending(&self) {
         self.pending.lock().expect("pending lock").clear();
@@ -221,7 +232,7 @@ impl Connection {
             .map_err(StreamingError::Publish)?;
         match tokio::time::timeout(PUBLISH_ACK_TIMEOUT, answer).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(StreamingError::Refused(error)),
+            Ok(Ok(Err(error))) => Err(session.refused(error)),
             Ok(Err(_)) => Err(StreamingError::SessionLost),
             Err(_) => Err(StreamingError::AckTimeout(PUBLISH_ACK_TIMEOUT)),
         }

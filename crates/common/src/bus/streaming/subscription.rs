@@ -109,7 +109,7 @@ impl Connection {
         )
         .await?;
         if !answer.error.is_empty() {
-            return Err(StreamingError::Refused(answer.error));
+            return Err(session.refused(answer.error));
         }
         Ok(Subscription {
             connection: self.clone(),
