@@ -192,7 +192,7 @@ async fn restarting_a_nats_streaming_broker_with_a_file_store_mid_run_loses_no_e
 #[tokio::test]
 async fn after_the_courses_memory_broker_restarts_both_services_carry_on_without_a_restart() {
     let mut broker = StanServer::start().await;
-    let world = Scenario::on_server(Transport::Streaming, &broker.url(), 3).await;
+    let world = Scenario::on_server(Transport::Streaming, &broker.url(), 8).await;
     let orders = world.start_orders("stan-memory-orders").await.unwrap();
     let expiration = world
         .start_expiration("stan-memory-expiration")

@@ -173,8 +173,8 @@ pub fn consumer_name(queue_group: &str, subject: Subject) -> String {
 /// Runs `listener` on `bus` until `shutdown`, starting it again whenever it stops on an error
 /// (NATS away long enough for the consumer lookup or the subscribe to fail, the stream
 /// recreated) or panics: each restart is logged with its cause and counted
-/// (`listener_restarts_total`), after a pause growing from 200 ms to 5 s. The service keeps
-/// serving meanwhile.
+/// (`listener_restarts_total`), after a pause growing from 200 ms to 5 s (back to 200 ms after
+/// a run of more than 30 s). The service keeps serving meanwhile.
 pub async fn supervise<L: Listener>(
     bus: Bus,
     listener: Arc<L>,
@@ -184,6 +184,7 @@ pub async fn supervise<L: Listener>(
     let name = consumer_name(L::QUEUE_GROUP, L::Event::SUBJECT);
     let mut pause = Duration::from_millis(200);
     loop {
+        let started = tokio::time::Instant::now();
         let run = tokio::spawn({
             let (bus, listener, options, shutdown) = (
                 bus.clone(),
@@ -201,6 +202,10 @@ pub async fn supervise<L: Listener>(
         };
         if shutdown.is_cancelled() {
             return;
+        }
+        // A listener that ran a good while before stopping starts again promptly.
+        if started.elapsed() > Duration::from_secs(30) {
+            pause = Duration::from_millis(200);
         }
         tracing::warn!(consumer = %name, cause = %truncate(&cause, LOGGED_BYTES), ?pause, "listener stopped; starting it again");
         if let Some(metrics) = &options.metrics {
