@@ -920,15 +920,20 @@ async fn a_client_id_whose_holder_is_gone_is_taken_over() {
 }
 
 /// The course's broker keeps everything in memory: restarted, it forgets our session, our
-/// durable group and every message. The bus notices (ping), opens a new session and subscribes
-/// again without the process restarting; `/readyz` says so meanwhile.
+/// durable group and every message. The bus notices (ping, or a refusal), opens a new session and
+/// subscribes again without the process restarting; `/readyz` says so meanwhile.
 #[tokio::test]
 async fn a_restarted_broker_gets_a_new_session_and_the_listener_subscribes_again() {
     let mut server = StanServer::start().await;
     let under = TestBus::on(Transport::Streaming, &server.url()).await;
     let bus = under.bus();
     let recorder = Arc::new(Recorder::default());
-    let (shutdown, task) = start(&under, recorder.clone(), options(&under));
+    // Three members of the group, as three replicas: each must come back as one member, never
+    // leave a second one behind on the server that nobody reads (its messages would wait for
+    // it forever).
+    let runners: Vec<_> = (0..3)
+        .map(|_| start(&under, recorder.clone(), options(&under)))
+        .collect();
     under.publish(&expiration(1)).await;
     eventually(Duration::from_secs(10), "the first event", || async {
         recorder.ids().len() == 1
@@ -961,6 +966,27 @@ async fn a_restarted_broker_gets_a_new_session_and_the_listener_subscribes_again
         || async { recorder.ids().contains(&expiration(2).order_id) },
     )
     .await;
+    // Every member is back: thirty events are all handled well within the 2 s ack wait, none
+    // handed to a member nobody reads.
+    let published = Instant::now();
+    for n in 10..40 {
+        publisher.publish(&expiration(n)).await.unwrap();
+    }
+    eventually(Duration::from_secs(10), "thirty events", || async {
+        (10..40).all(|n| recorder.ids().contains(&expiration(n).order_id))
+    })
+    .await;
+    assert!(
+        published.elapsed() < Duration::from_millis(1500),
+        "the last of thirty events took {:?}: some went to a member nobody reads",
+        published.elapsed()
+    );
+    let mut runners = runners.into_iter();
+    let (shutdown, task) = runners.next().unwrap();
+    for (other, other_task) in runners {
+        other.cancel();
+        other_task.await.unwrap();
+    }
     finish(under, shutdown, task).await;
     bus.close().await;
 }

@@ -51,6 +51,8 @@ pub(crate) async fn run_streaming_listener<L: Listener>(
         let mut subscription = match subscribed {
             Ok(subscription) => subscription,
             Err(StreamingError::Closed) => break,
+            // Lost while subscribing: the next session will do.
+            Err(StreamingError::SessionLost) => continue,
             Err(e) => {
                 return Err(BusError::Consumer {
                     consumer: name,

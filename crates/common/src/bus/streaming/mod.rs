@@ -184,12 +184,15 @@ impl Connection {
             && self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Waits until a session is open; `None` if the connection was closed first.
+    /// Waits until a session is open and not known to be lost; `None` if the connection was
+    /// closed first.
     pub(crate) async fn wait_session(&self) -> Option<Arc<Session>> {
         let mut watch = self.inner.session.subscribe();
         tokio::select! {
             _ = self.inner.closed.cancelled() => None,
-            session = watch.wait_for(|session| session.is_some()) => {
+            session = watch.wait_for(|session| {
+                session.as_ref().is_some_and(|session| !session.lost.is_cancelled())
+            }) => {
                 session.ok().and_then(|session| session.clone())
             }
         }

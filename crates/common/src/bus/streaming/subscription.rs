@@ -31,6 +31,8 @@ pub struct Subscription {
     messages: async_nats::Subscriber,
     acker: Arc<Acker>,
     queue_group: String,
+    /// [`Subscription::close`] was called.
+    closed: bool,
 }
 
 /// Where a subscription's acks go (changes with every subscribe).
@@ -111,7 +113,7 @@ impl Connection {
         if !answer.error.is_empty() {
             return Err(session.refused(answer.error));
         }
-        Ok(Subscription {
+        let subscription = Subscription {
             connection: self.clone(),
             session,
             messages,
@@ -121,7 +123,17 @@ impl Connection {
                 channel: spec.channel.clone(),
             }),
             queue_group: spec.queue_group.clone(),
-        })
+            closed: false,
+        };
+        // The server files a subscription under our client id, whichever session holds it
+        // now. If the session we asked on was found lost meanwhile, a new one may hold the id
+        // already and this member would live on there with nobody reading its inbox: the
+        // messages the server hands it would wait for it forever. Leave at once instead.
+        if subscription.session.lost.is_cancelled() {
+            subscription.close().await;
+            return Err(StreamingError::SessionLost);
+        }
+        Ok(subscription)
     }
 }
 
@@ -155,19 +167,57 @@ impl Subscription {
     /// Leaves the group without ending it: the durable group and its position stay on the
     /// server for the next member (never an unsubscribe, which would delete the group when
     /// its last member leaves).
-    pub async fn close(self) {
-        if self.session.lost.is_cancelled() {
+    pub async fn close(mut self) {
+        self.closed = true;
+        close_on_server(
+            self.connection.clone(),
+            self.session.clone(),
+            self.acker.clone(),
+            self.queue_group.clone(),
+        )
+        .await;
+    }
+}
+
+/// A subscription dropped without [`Subscription::close`] (its task ended on an error or was
+/// aborted) still leaves the group on the server, so that no message waits for a member whose
+/// inbox nobody reads.
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.closed {
             return;
         }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close_on_server(
+                self.connection.clone(),
+                self.session.clone(),
+                self.acker.clone(),
+                self.queue_group.clone(),
+            ));
+        }
+    }
+}
+
+/// Asks the server to close the subscription whose acks go to `acker` (a close: the durable
+/// group stays). The request names our client id, so it reaches the subscription whichever of
+/// our sessions the server filed it under; if no session of ours holds the id any more, the
+/// server forgot the subscription already and refuses, which is fine.
+async fn close_on_server(
+    connection: Connection,
+    session: Arc<Session>,
+    acker: Arc<Acker>,
+    queue_group: String,
+) {
+    {
         let request = proto::UnsubscribeRequest {
-            client_id: self.connection.client_id().to_owned(),
-            subject: self.acker.channel.clone(),
-            inbox: self.acker.ack_inbox.clone(),
-            durable_name: self.queue_group.clone(),
+            client_id: connection.client_id().to_owned(),
+            subject: acker.channel.clone(),
+            inbox: acker.ack_inbox.clone(),
+            durable_name: queue_group,
         };
         let answer = request_decoded::<proto::SubscriptionResponse>(
-            self.connection.client(),
-            &self.session.subjects.sub_close_requests,
+            connection.client(),
+            &session.subjects.sub_close_requests,
             request.encode_to_vec(),
             Duration::from_secs(2),
         )
@@ -175,10 +225,10 @@ impl Subscription {
         match answer {
             Ok(answer) if answer.error.is_empty() => {}
             Ok(answer) => {
-                tracing::warn!(channel = %self.acker.channel, error = %answer.error, "closing the subscription")
+                tracing::debug!(channel = %acker.channel, error = %answer.error, "closing the subscription")
             }
             Err(e) => {
-                tracing::warn!(channel = %self.acker.channel, error = %crate::telemetry::ErrorChain(&e), "closing the subscription")
+                tracing::debug!(channel = %acker.channel, error = %crate::telemetry::ErrorChain(&e), "closing the subscription")
             }
         }
     }
