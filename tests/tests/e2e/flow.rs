@@ -7,7 +7,9 @@ use common::events::{ExpirationComplete, OrderCancelled};
 use e2e::orders_api::OrdersApi;
 use e2e::scenario::Scenario;
 
-use super::support::{assert_expired_exactly_once, last_expiry, place_orders, until};
+use super::support::{
+    Republish, assert_expired_exactly_once, assert_expired_once, last_expiry, place_orders, until,
+};
 
 #[tokio::test]
 async fn an_unpaid_order_expires_and_is_cancelled_while_a_paid_one_stays_complete() {
@@ -153,13 +155,22 @@ async fn two_replicas_of_each(transport: Transport) {
         OrdersApi::new(&orders_b.url()),
     ];
     let placed = place_orders(&world, &apis, 200, 4, Duration::from_millis(400), 4).await;
-    let latency = assert_expired_exactly_once(
+    // NATS Streaming cannot be told a message is still in hand: one whose handler outlasts the
+    // ack wait (a database slowed by the load) goes to the other replica too, and both may
+    // publish the order's cancellation. Copies are allowed there and counted; the order still
+    // changes once.
+    let republish = match transport {
+        Transport::JetStream => Republish::Never,
+        Transport::Streaming => Republish::Counted,
+    };
+    let expired = assert_expired_once(
         &world.log,
         &placed,
         until(last_expiry(&placed), Duration::from_secs(20)),
+        republish,
     )
     .await;
-    println!("200 orders, two replicas of each service, {transport}: {latency}");
+    println!("200 orders, two replicas of each service, {transport}: {expired}");
     drop((orders_a, orders_b, expiration_a, expiration_b));
     world.finish().await;
 }
