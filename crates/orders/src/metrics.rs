@@ -18,6 +18,15 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of a database command.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The command's name as the driver sends it: `find`, `insert`, `update`, `delete`, …
+    pub command: String,
+    /// The collection it names (`orders`, `tickets`, …), empty for commands without one.
+    pub collection: String,
+}
+
 /// Labels of a request's latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -38,6 +47,9 @@ pub struct Metrics {
     pub latency: HistogramFamily,
     /// Payments received for orders already cancelled: money taken for a released ticket.
     pub payment_for_cancelled: Counter,
+    /// Commands sent to MongoDB, by name and collection: what each route and listener costs the
+    /// database.
+    pub db_commands: Family<CommandLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -53,6 +65,7 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             payment_for_cancelled: Counter::default(),
+            db_commands: Family::default(),
         };
         registry.register(
             "http_requests",
@@ -69,7 +82,38 @@ impl Metrics {
             "payment:created events for orders that were already cancelled",
             metrics.payment_for_cancelled.clone(),
         );
+        registry.register(
+            "mongodb_commands",
+            "Commands sent to MongoDB, by command name and collection",
+            metrics.db_commands.clone(),
+        );
         metrics
+    }
+
+    /// Counts every command the MongoDB driver sends (its monitoring heartbeats are not
+    /// commands, and are not counted).
+    pub fn count_db_commands(
+        &self,
+    ) -> mongodb::event::EventHandler<mongodb::event::command::CommandEvent> {
+        let commands = self.db_commands.clone();
+        mongodb::event::EventHandler::callback(move |event| {
+            if let mongodb::event::command::CommandEvent::Started(started) = event {
+                // A command document starts with the command, whose value is the collection.
+                let collection = started
+                    .command
+                    .iter()
+                    .next()
+                    .and_then(|(_, value)| value.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                commands
+                    .get_or_create(&CommandLabels {
+                        command: started.command_name,
+                        collection,
+                    })
+                    .inc();
+            }
+        })
     }
 
     /// Records one finished request.

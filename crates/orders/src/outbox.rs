@@ -4,10 +4,11 @@
 //! [`Outbox::publish_now`] before answering. When NATS is down, slow, or the process dies
 //! first, the event stays in the document and the relay ([`Outbox::run`]) publishes it later.
 //! Entries of one order go out in the order they were written; each is marked published (in
-//! `published_events`, see [`crate::models::published`]) once JetStream acknowledged it, and the
-//! outbox of an order is emptied when the order is final (cancelled or complete) and all its
-//! entries are published. The event's message id makes a second publish of the same entry a
-//! duplicate JetStream drops.
+//! `published_events`, see [`crate::models::published`], in batches off the request path) once
+//! the bus acknowledged it, and the outbox of an order is emptied when the order is final
+//! (cancelled or complete) and all its entries are published. The event's message id makes a
+//! second publish of the same entry a duplicate JetStream drops; on NATS Streaming consumers
+//! ignore it by version.
 //!
 //! The relay's pass first finishes the changes a crashed writer claimed but did not apply
 //! ([`crate::models::transition`]), then looks for orders with pending events. On FerretDB 1.24 such a query scans the
@@ -16,6 +17,7 @@
 //! process has failed since its last successful pass (retrying every `retry`), on a slow `sweep`
 //! as a safety net, and at shutdown if anything is outstanding.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,6 +65,18 @@ pub struct Outbox {
     failures: AtomicU64,
 }
 
+/// Whether an order's entries may have been published before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// Inserted by the caller a moment ago: nothing of it is published yet.
+    Yes,
+    /// Anything may have been published by anyone: ask.
+    No,
+}
+
+/// How often waiting marks are written: at most this long after the first of a batch.
+const MARKS_BATCH_WINDOW: Duration = Duration::from_millis(5);
+
 /// When the relay makes its passes.
 #[derive(Debug, Clone, Copy)]
 pub struct RelaySchedule {
@@ -93,10 +107,21 @@ impl Outbox {
     /// Publishes `order`'s pending events right away, waiting at most the publish timeout. On
     /// failure the events stay where they are for the relay; the caller's answer does not change.
     pub async fn publish_now(&self, order: &Order) {
+        self.publish_within_timeout(order, Fresh::No).await
+    }
+
+    /// [`Outbox::publish_now`] for an order this request has just inserted: none of its entries
+    /// can have been published yet, so the database is not asked which were.
+    pub async fn publish_new(&self, order: &Order) {
+        self.publish_within_timeout(order, Fresh::Yes).await
+    }
+
+    async fn publish_within_timeout(&self, order: &Order, fresh: Fresh) {
         if order.outbox.is_empty() {
             return;
         }
-        let result = match tokio::time::timeout(self.publish_timeout, self.flush(order)).await {
+        let flush = self.flush_order(order, fresh);
+        let result = match tokio::time::timeout(self.publish_timeout, flush).await {
             Ok(result) => result.map(|_| ()),
             Err(_) => Err(OutboxError::Timeout),
         };
@@ -110,8 +135,15 @@ impl Outbox {
     /// stops at the first failure so that no event overtakes an earlier one of the same order.
     /// Empties the outbox of a final order whose entries are all published.
     pub async fn flush(&self, order: &Order) -> Result<usize, OutboxError> {
+        self.flush_order(order, Fresh::No).await
+    }
+
+    async fn flush_order(&self, order: &Order, fresh: Fresh) -> Result<usize, OutboxError> {
         let ids: Vec<String> = order.outbox.iter().map(|entry| entry.id.clone()).collect();
-        let already = self.published.marked(&ids).await?;
+        let already = match fresh {
+            Fresh::Yes => HashSet::new(),
+            Fresh::No => self.published.marked(&ids).await?,
+        };
         let mut published = 0;
         for entry in order
             .outbox
@@ -134,7 +166,7 @@ impl Outbox {
                     tracing::error!(order_id = %order.id, subject = %entry.subject, message_id = %entry.id, "dropping an outbox entry with an unknown subject");
                 }
             }
-            self.published.mark(&entry.id).await?;
+            self.published.mark_later(&entry.id);
         }
         if order.is_final() && !ids.is_empty() {
             self.orders.clear_outbox(order.id, order.version).await?;
@@ -198,6 +230,16 @@ impl Outbox {
     /// The relay: passes as described in the module documentation, until `shutdown` is
     /// cancelled (after requests and listeners have finished), then a last one if needed.
     pub async fn run(self: Arc<Self>, schedule: RelaySchedule, shutdown: CancellationToken) {
+        let marks_stop = CancellationToken::new();
+        let marks = tokio::spawn(write_marks(self.published.clone(), marks_stop.clone()));
+        self.relay(schedule, shutdown).await;
+        marks_stop.cancel();
+        if let Err(e) = marks.await {
+            tracing::error!(error = %e, "the task writing published marks failed");
+        }
+    }
+
+    async fn relay(&self, schedule: RelaySchedule, shutdown: CancellationToken) {
         // Start dirty: a crash may have left events behind.
         let mut clean_up_to = None;
         let mut last_pass = Instant::now();
@@ -243,5 +285,32 @@ impl Outbox {
                 "outbox flush at shutdown timed out; the next start publishes what is left"
             ),
         }
+    }
+}
+
+/// Writes the marks of published entries in batches, until `stop`; then the last ones.
+async fn write_marks(published: PublishedEvents, stop: CancellationToken) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = published.marks_waiting() => {}
+        }
+        // Let the marks of a few more requests join the batch.
+        tokio::time::sleep(MARKS_BATCH_WINDOW).await;
+        match published.write_marks().await {
+            Ok(_) => pause = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot write published marks yet");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    if let Err(e) = tokio::time::timeout(FINAL_FLUSH, published.write_marks()).await {
+        tracing::warn!(error = %e, "published marks left unwritten at shutdown; their events are published again at the next start");
     }
 }

@@ -92,6 +92,9 @@ impl Application {
         // heartbeat: at the default 10 s a thawed server stayed unused for over a minute in the
         // outage tests; at 1 s requests are served again within a second or two.
         options.heartbeat_freq.get_or_insert(Duration::from_secs(1));
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        options.command_event_handler = Some(metrics.count_db_commands());
         let client =
             mongodb::Client::with_options(options).map_err(|source| StartupError::MongoUri {
                 uri: uri.clone(),
@@ -108,8 +111,6 @@ impl Application {
 
         let bus = Bus::connect(&config.nats, "orders").await?;
 
-        let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
         let mut orders = Orders::new(&database);
         if config.fault_hold_after_claim {
             tracing::warn!(

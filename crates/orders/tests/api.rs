@@ -5,6 +5,7 @@
 mod api {
     pub mod helpers;
 
+    mod db_commands;
     mod limits;
     mod listeners;
     mod ops;

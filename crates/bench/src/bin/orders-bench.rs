@@ -1,13 +1,17 @@
 //! Load command for the orders API: drives `POST /api/orders` (each request for a fresh ticket,
 //! inserted into MongoDB beforehand as replicas) and then `GET /api/orders/{id}` at a fixed
 //! concurrency for a fixed time against a running service, and prints one JSON line per route
-//! (then `GET /healthz` as a control without database or NATS work).
+//! (then `GET /healthz` as a control without database or NATS work). With `--nats-url`, a last
+//! phase mixes the traffic of a sale: POSTs, GETs of one order and of the list, DELETEs, while
+//! expirations and payments arrive on the bus; one JSON line per route of that phase.
 //! It also reports the CPU used meanwhile by the service, the database and NATS, to show which
-//! one bounds the throughput.
+//! one bounds the throughput, and the database commands the service sent per request (its
+//! `mongodb_commands_total`).
 //!
 //! ```text
 //! orders-bench --url http://127.0.0.1:3000 --mongo-uri mongodb://127.0.0.1:37017/orders \
-//!     --jwt-key KEY [--concurrency 32] [--seconds 10] [--tickets 40000] [--pid PID]
+//!     --jwt-key KEY [--concurrency 32] [--seconds 10] [--tickets 40000] [--pid PID] \
+//!     [--nats-url nats://127.0.0.1:4222 --nats-cluster-id STREAM --nats-subject-prefix P]
 //! ```
 
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
+use common::bus::{Publisher, StreamSpec};
 use common::config::{Settings, parse};
+use common::events::{ExpirationComplete, PaymentCreated};
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -35,6 +41,8 @@ struct Args {
     duration: Duration,
     tickets: usize,
     pid: Option<u32>,
+    /// The JetStream stream the service uses, for the mixed phase.
+    nats: Option<(String, StreamSpec)>,
 }
 
 /// Load on the orders API: `POST /api/orders` (each for a ticket of its own, inserted into
@@ -64,6 +72,15 @@ struct Cli {
     /// The service's process id (found by name when there is one `orders` process)
     #[arg(long)]
     pid: Option<u32>,
+    /// The service's NATS (JetStream): runs the mixed phase, with expirations and payments
+    #[arg(long = "nats-url", value_parser = common::bus::normalize_url)]
+    nats_url: Option<String>,
+    /// The service's NATS_CLUSTER_ID (its stream)
+    #[arg(long = "nats-cluster-id", default_value = "ticketing")]
+    nats_cluster_id: String,
+    /// The service's NATS_SUBJECT_PREFIX
+    #[arg(long = "nats-subject-prefix", default_value = "")]
+    nats_subject_prefix: String,
 }
 
 impl Settings for Cli {}
@@ -82,6 +99,15 @@ impl From<Cli> for Args {
             duration: cli.seconds,
             tickets: cli.tickets,
             pid: cli.pid,
+            nats: cli.nats_url.map(|url| {
+                (
+                    url,
+                    StreamSpec {
+                        name: cli.nats_cluster_id,
+                        subject_prefix: cli.nats_subject_prefix,
+                    },
+                )
+            }),
         }
     }
 }
@@ -204,6 +230,7 @@ async fn phase(
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Outcome::default()));
     let before = watched.snapshot();
+    let commands_before = db_commands(&args.address).await;
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut workers = Vec::new();
@@ -253,6 +280,10 @@ async fn phase(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let after = watched.snapshot();
+    let commands = per_request(commands_before, db_commands(&args.address).await, {
+        let outcome = results.lock().await;
+        outcome.latencies_us.len()
+    });
     let mut outcome = std::mem::take(&mut *results.lock().await);
     outcome.latencies_us.sort_unstable();
     let requests = outcome.latencies_us.len();
@@ -268,9 +299,263 @@ async fn phase(
         "concurrency": args.concurrency,
         "seconds": (elapsed * 10.0).round() / 10.0,
         "cpu_percent": watched.cpu_json(&before, &after, elapsed),
+        "db_commands_per_request": commands,
     });
     println!("{line}");
     Ok(outcome)
+}
+
+/// The routes of the mixed phase, in the order its lines are printed.
+const MIXED_ROUTES: [&str; 4] = [
+    "POST /api/orders",
+    "GET /api/orders/{id}",
+    "GET /api/orders",
+    "DELETE /api/orders/{id}",
+];
+
+/// What the bus side of the mixed phase publishes for the `n`th order it created.
+fn mixed_fate(n: usize) -> (bool, bool) {
+    let paid = n.is_multiple_of(5);
+    let expires = !paid && n.is_multiple_of(3);
+    (paid, expires)
+}
+
+/// The traffic of a sale, at `--concurrency` for `--seconds`: of every 20 requests 10 POSTs
+/// (a fresh ticket each), 5 GETs of one of the worker's orders, 3 GETs of its list and 2 DELETEs
+/// of one of its unpaid orders; meanwhile every 5th order created is paid at once
+/// (`payment:created`) and every 3rd of the others expires 1 s after its creation
+/// (`expiration:complete`). One JSON line per route, then one for the phase.
+async fn mixed(
+    args: &Args,
+    watched: &Watched,
+    cookies: &[String],
+    tickets: Arc<Vec<String>>,
+    publisher: Publisher,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let next_ticket = Arc::new(AtomicUsize::new(0));
+    let created_count = Arc::new(AtomicUsize::new(0));
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let bus = tokio::spawn(async move {
+        let mut published = 0usize;
+        let mut pending = tokio::task::JoinSet::new();
+        while let Some((n, id)) = events_rx.recv().await {
+            let (paid, expires) = mixed_fate(n);
+            if !paid && !expires {
+                continue;
+            }
+            let publisher = publisher.clone();
+            pending.spawn(async move {
+                let result = if paid {
+                    publisher
+                        .publish(&PaymentCreated {
+                            id: ObjectId::new().to_hex(),
+                            order_id: id,
+                            stripe_id: format!("ch_bench_{n}"),
+                        })
+                        .await
+                } else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    publisher
+                        .publish(&ExpirationComplete { order_id: id })
+                        .await
+                };
+                result.is_ok()
+            });
+        }
+        while let Some(done) = pending.join_next().await {
+            published += usize::from(done.unwrap_or(false));
+        }
+        published
+    });
+
+    let before = watched.snapshot();
+    let commands_before = db_commands(&args.address).await;
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let (next, next_ticket, created_count, events) = (
+            next.clone(),
+            next_ticket.clone(),
+            created_count.clone(),
+            events_tx.clone(),
+        );
+        let tickets = tickets.clone();
+        let cookie = cookies[worker % cookies.len()].clone();
+        let address = args.address.clone();
+        workers.push(tokio::spawn(async move {
+            let mut connection = Connection {
+                address,
+                sender: None,
+            };
+            let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); MIXED_ROUTES.len()];
+            let mut errors = vec![0usize; MIXED_ROUTES.len()];
+            // This worker's orders that may be cancelled (not paid), and all of them.
+            let mut deletable: Vec<String> = Vec::new();
+            let mut mine: Vec<String> = Vec::new();
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let mut route = match n % 20 {
+                    0..=9 => 0,
+                    10..=14 => 1,
+                    15..=17 => 2,
+                    _ => 3,
+                };
+                if (route == 1 && mine.is_empty()) || (route == 3 && deletable.is_empty()) {
+                    route = 0;
+                }
+                let (method, uri, body, expected) = match route {
+                    0 => {
+                        let Some(ticket) = tickets.get(next_ticket.fetch_add(1, Ordering::Relaxed))
+                        else {
+                            break;
+                        };
+                        let body = format!(r#"{{"ticketId":"{ticket}"}}"#);
+                        (
+                            Method::POST,
+                            "/api/orders".to_owned(),
+                            body,
+                            StatusCode::CREATED,
+                        )
+                    }
+                    1 => {
+                        let id = &mine[n % mine.len()];
+                        (
+                            Method::GET,
+                            format!("/api/orders/{id}"),
+                            String::new(),
+                            StatusCode::OK,
+                        )
+                    }
+                    2 => (
+                        Method::GET,
+                        "/api/orders".to_owned(),
+                        String::new(),
+                        StatusCode::OK,
+                    ),
+                    _ => {
+                        let id = deletable.swap_remove(n % deletable.len());
+                        (
+                            Method::DELETE,
+                            format!("/api/orders/{id}"),
+                            String::new(),
+                            StatusCode::NO_CONTENT,
+                        )
+                    }
+                };
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(uri)
+                    .header(header::HOST, "orders")
+                    .header(header::COOKIE, cookie.as_str());
+                if route == 0 {
+                    request = request.header(header::CONTENT_TYPE, "application/json");
+                }
+                let request = request
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("a valid request");
+                let sent = Instant::now();
+                let result = connection.send(request).await;
+                latencies[route].push(sent.elapsed().as_micros() as u64);
+                match result {
+                    Ok((status, body)) if status == expected => {
+                        if route == 0
+                            && let Ok(order) = serde_json::from_slice::<serde_json::Value>(&body)
+                            && let Some(id) = order["id"].as_str()
+                        {
+                            let index = created_count.fetch_add(1, Ordering::Relaxed);
+                            mine.push(id.to_owned());
+                            if !mixed_fate(index).0 {
+                                deletable.push(id.to_owned());
+                            }
+                            let _ = events.send((index, id.to_owned()));
+                        }
+                    }
+                    _ => {
+                        errors[route] += 1;
+                        connection.sender = None;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    drop(events_tx);
+    let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); MIXED_ROUTES.len()];
+    let mut errors = vec![0usize; MIXED_ROUTES.len()];
+    for worker in workers {
+        let (mine, failed) = worker.await?;
+        for (route, values) in mine.into_iter().enumerate() {
+            latencies[route].extend(values);
+            errors[route] += failed[route];
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = watched.snapshot();
+    let requests: usize = latencies.iter().map(Vec::len).sum();
+    let commands = per_request(commands_before, db_commands(&args.address).await, requests);
+    for (route, mut values) in latencies.into_iter().enumerate() {
+        values.sort_unstable();
+        println!(
+            "{}",
+            serde_json::json!({
+                "phase": "mixed",
+                "route": MIXED_ROUTES[route],
+                "requests": values.len(),
+                "req_per_s": ((values.len() as f64 / elapsed) * 10.0).round() / 10.0,
+                "p50_ms": percentile(&values, 0.50),
+                "p99_ms": percentile(&values, 0.99),
+                "errors": errors[route],
+            })
+        );
+    }
+    let events = bus.await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "phase": "mixed",
+            "route": "all",
+            "requests": requests,
+            "req_per_s": ((requests as f64 / elapsed) * 10.0).round() / 10.0,
+            "events_published": events,
+            "rss_mb": rss_mb(watched.service, "VmRSS:"),
+            "rss_peak_mb": rss_mb(watched.service, "VmHWM:"),
+            "concurrency": args.concurrency,
+            "seconds": (elapsed * 10.0).round() / 10.0,
+            "cpu_percent": watched.cpu_json(&before, &after, elapsed),
+            "db_commands_per_request": commands,
+        })
+    );
+    Ok(())
+}
+
+/// The service's `mongodb_commands_total`, summed over commands and collections; `None` if it
+/// does not expose it.
+async fn db_commands(address: &str) -> Option<f64> {
+    let mut connection = Connection {
+        address: address.to_owned(),
+        sender: None,
+    };
+    let request = Request::builder()
+        .uri("/metrics")
+        .header(header::HOST, "orders")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let (_, body) = connection.send(request).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let lines: Vec<f64> = text
+        .lines()
+        .filter(|line| line.starts_with("mongodb_commands_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!lines.is_empty()).then(|| lines.iter().sum())
+}
+
+/// Database commands per request between two readings, to two decimals.
+fn per_request(before: Option<f64>, after: Option<f64>, requests: usize) -> Option<f64> {
+    let sent = after? - before?;
+    (requests > 0).then(|| (sent / requests as f64 * 100.0).round() / 100.0)
 }
 
 #[tokio::main]
@@ -411,5 +696,22 @@ async fn main() -> anyhow::Result<()> {
         StatusCode::OK,
     )
     .await?;
+    if let Some((url, spec)) = &args.nats {
+        let client = async_nats::connect(url.as_str()).await?;
+        let publisher = Publisher::new(async_nats::jetstream::new(client), spec.clone(), None);
+        let fresh: Vec<Ticket> = (0..args.tickets)
+            .map(|n| Ticket {
+                id: ObjectId::new(),
+                title: format!("bench ticket m{n}"),
+                price: 10.0 + (n % 50) as f64,
+                version: 0,
+            })
+            .collect();
+        for chunk in fresh.chunks(1000) {
+            collection.insert_many(chunk).await?;
+        }
+        let ids = Arc::new(fresh.iter().map(|t| t.id.to_hex()).collect());
+        mixed(&args, &watched, &cookies, ids, publisher).await?;
+    }
     Ok(())
 }

@@ -70,7 +70,7 @@ pub async fn create_order(
         }
     };
     tracing::info!(order_id = %order.id, ticket_id = %ticket.id, "order created");
-    state.outbox.publish_now(&order).await;
+    state.outbox.publish_new(&order).await;
     Ok((
         StatusCode::CREATED,
         Json(OrderResponse::new(&order, Some(&ticket))),
