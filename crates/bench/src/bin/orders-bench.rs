@@ -530,6 +530,27 @@ async fn mixed(
     Ok(())
 }
 
+/// Inserts `count` fresh ticket replicas (titled `bench ticket <tag><n>`), as `ticket:created`
+/// would, a thousand per command.
+async fn insert_tickets(
+    collection: &mongodb::Collection<Ticket>,
+    count: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<Ticket>> {
+    let tickets: Vec<Ticket> = (0..count)
+        .map(|n| Ticket {
+            id: ObjectId::new(),
+            title: format!("bench ticket {tag}{n}"),
+            price: 10.0 + (n % 50) as f64,
+            version: 0,
+        })
+        .collect();
+    for chunk in tickets.chunks(1000) {
+        collection.insert_many(chunk).await?;
+    }
+    Ok(tickets)
+}
+
 /// The service's `mongodb_commands_total`, summed over commands and collections; `None` if it
 /// does not expose it.
 async fn db_commands(address: &str) -> Option<f64> {
@@ -581,19 +602,9 @@ async fn main() -> anyhow::Result<()> {
     let database = client
         .default_database()
         .unwrap_or_else(|| client.database(orders::config::DEFAULT_DATABASE));
-    let tickets: Vec<Ticket> = (0..args.tickets)
-        .map(|n| Ticket {
-            id: ObjectId::new(),
-            title: format!("bench ticket {n}"),
-            price: 10.0 + (n % 50) as f64,
-            version: 0,
-        })
-        .collect();
     let collection = database.collection::<Ticket>("tickets");
     let inserting = Instant::now();
-    for chunk in tickets.chunks(1000) {
-        collection.insert_many(chunk).await?;
-    }
+    let tickets = insert_tickets(&collection, args.tickets, "").await?;
     eprintln!(
         "inserted {} ticket replicas in {:.1} s",
         tickets.len(),
@@ -699,17 +710,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some((url, spec)) = &args.nats {
         let client = async_nats::connect(url.as_str()).await?;
         let publisher = Publisher::new(async_nats::jetstream::new(client), spec.clone(), None);
-        let fresh: Vec<Ticket> = (0..args.tickets)
-            .map(|n| Ticket {
-                id: ObjectId::new(),
-                title: format!("bench ticket m{n}"),
-                price: 10.0 + (n % 50) as f64,
-                version: 0,
-            })
-            .collect();
-        for chunk in fresh.chunks(1000) {
-            collection.insert_many(chunk).await?;
-        }
+        let fresh = insert_tickets(&collection, args.tickets, "m").await?;
         let ids = Arc::new(fresh.iter().map(|t| t.id.to_hex()).collect());
         mixed(&args, &watched, &cookies, ids, publisher).await?;
     }
