@@ -227,25 +227,27 @@ async function openStreaming(url, cluster) {
       };
     },
     async close() {
-      for (const client of [tickets, payments]) {
-        // Unsubscribing the last member removes a durable group (closing would keep it).
-        // subMap is node-nats-streaming 0.2.6's table of open subscriptions: the course's
-        // Listener.listen() does not return its subscription.
-        const subscriptions = Object.values(client.subMap);
-        await Promise.all(
-          subscriptions.map(
-            (subscription) =>
-              new Promise((resolve) => {
-                for (const event of ["unsubscribed", "error", "timeout"]) subscription.once(event, resolve);
-                subscription.unsubscribe();
-              }),
-          ),
-        );
-        await new Promise((resolve) => {
-          client.once("close", resolve);
-          client.close();
-        });
-      }
+      for (const client of [tickets, payments]) await removeAndClose(client);
     },
   };
+}
+
+// Unsubscribes every subscription of a node-nats-streaming client, which removes the run's own
+// durable groups (closing would keep them on the broker), then closes the client. subMap is
+// node-nats-streaming 0.2.6's table of open subscriptions: the course's Listener.listen() does
+// not return its subscription.
+export async function removeAndClose(client) {
+  await Promise.all(
+    Object.values(client.subMap).map(
+      (subscription) =>
+        new Promise((resolve) => {
+          for (const event of ["unsubscribed", "error", "timeout"]) subscription.once(event, resolve);
+          subscription.unsubscribe();
+        }),
+    ),
+  );
+  await new Promise((resolve) => {
+    client.once("close", resolve);
+    client.close();
+  });
 }

@@ -17,6 +17,7 @@ import crypto from "node:crypto";
 import jwt from "jsonwebtoken";
 import cookieSession from "cookie-session";
 import { openBus } from "./bus.mjs";
+import { check, finish } from "./checks.mjs";
 
 const env = (name) => {
   const value = process.env[name];
@@ -30,18 +31,6 @@ const objectId = () => crypto.randomBytes(12).toString("hex");
 const OBJECT_ID = /^[0-9a-f]{24}$/;
 const ISO_MILLIS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
-let passed = 0;
-let failed = 0;
-async function check(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (error) {
-    failed += 1;
-    console.log(`FAIL ${name}\n     ${String(error.stack ?? error).split("\n").join("\n     ")}`);
-  }
-}
 
 // The auth service: jwt.sign({id, email}, JWT_KEY) stored by cookie-session as req.session.jwt.
 async function signIn(email) {
@@ -208,5 +197,4 @@ await check("payment:created from the payments service completes an order", asyn
 });
 
 await bus.close();
-console.log(`interop: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish("interop");

@@ -17,11 +17,12 @@
 
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import { check, finish } from "./checks.mjs";
 
 process.env.NATS_SUBJECT_PREFIX ??= `selfcheck-${crypto.randomBytes(4).toString("hex")}.`;
 const PREFIX = process.env.NATS_SUBJECT_PREFIX;
 // After the prefix is settled: bus.mjs reads it when loaded.
-const { openBus } = await import("./bus.mjs");
+const { openBus, removeAndClose } = await import("./bus.mjs");
 const { connect, AckPolicy, DeliverPolicy, StringCodec } = await import("nats");
 const { default: stan } = await import("node-nats-streaming");
 const { default: common } = await import("@sgtickets/common");
@@ -30,18 +31,6 @@ const { Listener, Publisher, Subjects, OrderStatus } = common;
 const objectId = () => crypto.randomBytes(12).toString("hex");
 const SUBJECTS = Object.values(Subjects);
 
-let passed = 0;
-let failed = 0;
-async function check(name, body) {
-  try {
-    await body();
-    passed += 1;
-    console.log(`ok   ${name}`);
-  } catch (error) {
-    failed += 1;
-    console.log(`FAIL ${name}\n     ${String(error.stack ?? error).split("\n").join("\n     ")}`);
-  }
-}
 
 // Messages in arrival order, each {data, raw}; `take(match)` waits for the first that matches.
 function mailbox() {
@@ -105,21 +94,7 @@ async function streamingOrders() {
     publish: (subject, data) => new publishers[subject](client).publish(data),
     publishRaw: (subject, text) =>
       new Promise((resolve, reject) => client.publish(PREFIX + subject, Buffer.from(text, "utf8"), (error) => (error ? reject(error) : resolve()))),
-    async close() {
-      await Promise.all(
-        Object.values(client.subMap).map(
-          (subscription) =>
-            new Promise((resolve) => {
-              for (const event of ["unsubscribed", "error", "timeout"]) subscription.once(event, resolve);
-              subscription.unsubscribe();
-            }),
-        ),
-      );
-      await new Promise((resolve) => {
-        client.once("close", resolve);
-        client.close();
-      });
-    },
+    close: () => removeAndClose(client),
   };
 }
 
@@ -238,5 +213,4 @@ await check("next() gives up after its timeout when nothing matches", async () =
 
 await bus.close();
 await orders.close();
-console.log(`self-check: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+finish("self-check");

@@ -3,7 +3,8 @@
 //! over NATS and HTTP the way the Node services do it.
 //!
 //! - [`process`]: a service process (start, wait until ready, SIGKILL, SIGTERM, restart) and a
-//!   NATS server of a test's own that can be restarted.
+//!   broker of a test's own (NATS with JetStream, NATS Streaming in memory or on files) that can
+//!   be restarted.
 //! - [`http`]: a small HTTP/1.1 client, and [`orders_api`]: the orders API as the web client calls it.
 //! - [`peers`]: what the tickets, payments and auth services do: `ticket:created`,
 //!   `payment:created`, session cookies.

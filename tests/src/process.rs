@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-pub use common::testing::{NatsServer, ServiceProcess, StanFileServer, StanServer, free_port};
+pub use common::testing::servers::{Nats, OwnServer, SpeaksNats, StanFile};
+pub use common::testing::{ServiceProcess, StanServer, free_port};
 
 /// Where the workspace's binaries are: `E2E_BIN_DIR`, else `<target>/debug` (or `release`
 /// with `E2E_PROFILE=release`), where `cargo build --workspace --bins` puts them.

@@ -990,3 +990,54 @@ async fn a_restarted_broker_gets_a_new_session_and_the_listener_subscribes_again
     finish(under, shutdown, task).await;
     bus.close().await;
 }
+
+/// A broker that stops answering (frozen, or cut off) is noticed by the client's pings: after
+/// three unanswered, 3 s apart, the session counts as lost and `/readyz` says so; once the
+/// broker answers again a session is open again and messages flow.
+#[tokio::test]
+async fn a_frozen_broker_is_noticed_by_the_pings_and_the_bus_recovers_once_it_answers() {
+    let server = StanServer::start().await;
+    let under = TestBus::on(Transport::Streaming, &server.url()).await;
+    let bus = under.bus();
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&under, recorder.clone(), options(&under));
+    under.publish(&expiration(1)).await;
+    eventually(Duration::from_secs(10), "the first event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+
+    server.freeze();
+    let frozen = Instant::now();
+    let publisher = under.publisher();
+    eventually(
+        Duration::from_secs(25),
+        "the session counted lost",
+        || async { !publisher.connected() },
+    )
+    .await;
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed >= Duration::from_secs(6),
+        "lost after {noticed:?}: before three pings could go unanswered"
+    );
+    assert!(bus.check()().await.is_err(), "/readyz says so");
+    server.thaw();
+    eventually(Duration::from_secs(20), "a session again", || async {
+        bus.check()().await.is_ok()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "a publish", || async {
+        publisher.publish(&expiration(2)).await.is_ok()
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the event after the thaw",
+        || async { recorder.ids().contains(&expiration(2).order_id) },
+    )
+    .await;
+    println!("frozen broker noticed after {noticed:?}");
+    finish(under, shutdown, task).await;
+    bus.close().await;
+}

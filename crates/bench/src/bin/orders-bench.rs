@@ -119,6 +119,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// A connection to `address`, made at the first request.
+    fn new(address: String) -> Self {
+        Connection {
+            address,
+            sender: None,
+        }
+    }
+
     async fn send(&mut self, request: Request<Full<Bytes>>) -> anyhow::Result<(StatusCode, Bytes)> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = tokio::net::TcpStream::connect(&self.address).await?;
@@ -241,10 +249,7 @@ async fn phase(
         let cookie = cookies[worker % cookies.len()].clone();
         let address = args.address.clone();
         workers.push(tokio::spawn(async move {
-            let mut connection = Connection {
-                address,
-                sender: None,
-            };
+            let mut connection = Connection::new(address);
             let mut local = Outcome::default();
             while Instant::now() < deadline {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -385,10 +390,7 @@ async fn mixed(
         let cookie = cookies[worker % cookies.len()].clone();
         let address = args.address.clone();
         workers.push(tokio::spawn(async move {
-            let mut connection = Connection {
-                address,
-                sender: None,
-            };
+            let mut connection = Connection::new(address);
             let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); MIXED_ROUTES.len()];
             let mut errors = vec![0usize; MIXED_ROUTES.len()];
             // This worker's orders that may be cancelled (not paid), and all of them.
@@ -554,10 +556,7 @@ async fn insert_tickets(
 /// The service's `mongodb_commands_total`, summed over commands and collections; `None` if it
 /// does not expose it.
 async fn db_commands(address: &str) -> Option<f64> {
-    let mut connection = Connection {
-        address: address.to_owned(),
-        sender: None,
-    };
+    let mut connection = Connection::new(address.to_owned());
     let request = Request::builder()
         .uri("/metrics")
         .header(header::HOST, "orders")

@@ -193,15 +193,18 @@ impl Bus {
     pub fn check(
         &self,
     ) -> impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + use<> {
-        let bus = self.clone();
-        let jetstream = connection_check(self.client().clone());
-        move || match &bus.kind {
-            Kind::JetStream { .. } => jetstream(),
-            Kind::Streaming(connection) => {
-                let connection = connection.clone();
-                Box::pin(async move { connection.check().await })
-            }
-        }
+        let check: Box<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync> =
+            match &self.kind {
+                Kind::JetStream { client, .. } => Box::new(connection_check(client.clone())),
+                Kind::Streaming(connection) => {
+                    let connection = connection.clone();
+                    Box::new(move || {
+                        let connection = connection.clone();
+                        Box::pin(async move { connection.check().await })
+                    })
+                }
+            };
+        move || check()
     }
 
     /// Ends the session (NATS Streaming; durable groups stay) and drains the connection, so

@@ -45,9 +45,12 @@ pub const MAX_OUTSTANDING_PUBLISHES: usize = 16_384;
 
 /// How often we ping the server (in seconds, as the protocol counts them; the server may ask for
 /// other values), and how many unanswered pings in a row mean the session is gone: a silent loss
-/// is noticed within about 12 s.
+/// is noticed within about 15 s (three rounds of a 3 s pause and a 2 s wait for the answer).
 const PING_INTERVAL_SECONDS: i32 = 3;
 const PING_MAX_OUT: i32 = 3;
+
+/// How long a ping waits for its answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Longest pause between attempts to open a new session.
 const MAX_REOPEN_PAUSE: Duration = Duration::from_secs(2);
@@ -173,9 +176,14 @@ impl Connection {
         &self.inner.client_id
     }
 
-    /// The current session, `None` while a lost one is being replaced.
+    /// The current session, `None` while a lost one is being replaced (also in the moment
+    /// between finding it lost and dropping it).
     pub(crate) fn session(&self) -> Option<Arc<Session>> {
-        self.inner.session.borrow().clone()
+        self.inner
+            .session
+            .borrow()
+            .clone()
+            .filter(|session| !session.lost.is_cancelled())
     }
 
     /// Whether a session is open and the core connection is up: a publish can be acked now.
@@ -217,6 +225,10 @@ impl Connection {
             .insert(guid.clone(), sender);
         // Forgets the guid however this ends: acked, timed out, or the caller gave up.
         let _forget = Forget(&session, &guid);
+        // Lost since we took it: its waiting publishes were failed already, this one with them.
+        if session.lost.is_cancelled() {
+            return Err(StreamingError::SessionLost);
+        }
         let message = proto::PubMsg {
             client_id: self.inner.client_id.clone(),
             guid: guid.clone(),
@@ -487,8 +499,8 @@ async fn ping(client: &async_nats::Client, session: &Session, timeout: Duration)
     }
 }
 
-/// Pings every `interval`; marks the session lost when the server says it ended it, or after
-/// more than `max_out` pings in a row went unanswered.
+/// Pings every `interval`; marks the session lost when the server says it ended it, or once
+/// `max_out` pings in a row went unanswered.
 async fn keep_pinging(
     client: async_nats::Client,
     session: Arc<Session>,
@@ -501,7 +513,7 @@ async fn keep_pinging(
             _ = session.lost.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match ping(&client, &session, interval).await {
+        match ping(&client, &session, PING_TIMEOUT.min(interval)).await {
             Ping::Alive => out = 0,
             Ping::Ended(error) => {
                 tracing::warn!(%error, "the NATS Streaming server ended our session");
@@ -511,7 +523,7 @@ async fn keep_pinging(
             Ping::NoAnswer(error) => {
                 out += 1;
                 tracing::debug!(%error, out, "a NATS Streaming ping went unanswered");
-                if out > max_out {
+                if out >= max_out {
                     tracing::warn!(
                         pings = out,
                         "NATS Streaming does not answer pings; the session is lost"
