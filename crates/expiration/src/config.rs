@@ -131,7 +131,7 @@ fn tag_part(value: &str) -> Result<String, Expected> {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Publishes in flight per replica
-    #[arg(long = "expiration-concurrency", env = "EXPIRATION_CONCURRENCY", default_value = "64", value_parser = parse::positive::<usize>)]
+    #[arg(long = "expiration-concurrency", env = "EXPIRATION_CONCURRENCY", default_value = "256", value_parser = parse::positive::<usize>)]
     pub concurrency: usize,
     /// Lease of a claimed job, in milliseconds; another replica fires it after this. Must exceed twice EXPIRATION_PUBLISH_TIMEOUT_MS
     #[arg(long = "expiration-lease-ms", env = "EXPIRATION_LEASE_MS", default_value = "30000", value_parser = parse::millis)]

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::bus::{self, Bus, BusError, BusMetrics};
+use common::bus::{self, Bus, BusError, BusMetrics, ListenerOptions};
 use common::ops::Ops;
 use common::telemetry::ErrorChain;
 use prometheus_client::registry::Registry;
@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::listeners::{OrderCancelledListener, OrderCreatedListener};
+use crate::listeners::{OrderCancelledListener, OrderCreatedListener, order_created};
 use crate::metrics::Metrics;
 use crate::publish::PublishExpiration;
 use crate::queue::{Queue, QueueError};
@@ -118,7 +118,10 @@ impl Application {
         let created = tokio::spawn(bus::supervise(
             bus.clone(),
             Arc::new(OrderCreatedListener::new(queue.clone(), metrics.clone())),
-            options.clone(),
+            ListenerOptions {
+                max_in_flight: order_created::IN_FLIGHT,
+                ..options.clone()
+            },
             shutdown.clone(),
         ));
         let cancelled = tokio::spawn(bus::supervise(

@@ -13,6 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use common::bus::Backoff;
 use common::telemetry::{ErrorChain, truncate};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -24,6 +26,10 @@ use crate::queue::{Claim, ID_BYTES, Job, MAX_BATCH, Queue, QueueError, RetryOutc
 
 /// How many claimed jobs a worker holds per handler slot (see the module documentation).
 pub const CLAIM_AHEAD: usize = 2;
+
+/// Most claims one worker has in flight at once: while one is on its way back, the next is
+/// already queued in Redis, which is never left idle by a busy worker's round trips.
+pub const CLAIMS_IN_FLIGHT: usize = 2;
 
 /// Any error a handler reports.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,7 +78,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
-            concurrency: 64,
+            concurrency: 256,
             lease: Duration::from_secs(30),
             max_attempts: 10,
             backoff: Backoff {
@@ -184,105 +190,125 @@ impl<H: JobHandler> Worker<H> {
             context.metrics.clone(),
         ));
         let mut in_hand = JoinSet::new();
-        let mut pause = Duration::from_millis(50);
-        let mut last_full = false;
-        let mut waiting_for_handler = false;
-        loop {
-            // Wait for room before claiming, so no lease is taken on a job that would wait long
-            // for a slot. Right after a full claim we are saturated: waiting for half the room
-            // makes the next claim a batch rather than a trickle of one-job claims.
-            let want = if last_full {
-                (budget_size / 2).max(1)
-            } else {
-                1
-            };
-            let room = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                room = budget.clone().acquire_many_owned(want as u32) => room.expect("the semaphore is never closed"),
-            };
-            // Only this loop takes room, so it stays free until it takes it one per job.
-            drop(room);
-            if !context.handler.ready() {
-                if !waiting_for_handler {
-                    tracing::warn!(
-                        "the handler cannot fire (NATS unavailable); claiming nothing until it can"
-                    );
-                    waiting_for_handler = true;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
-            if waiting_for_handler {
-                tracing::info!("the handler can fire again; claiming");
-                waiting_for_handler = false;
-            }
-            let limit = budget.available_permits().clamp(1, MAX_BATCH);
-            let claim = match context.queue.claim(limit, options.lease).await {
-                Ok(claim) => claim,
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot claim jobs; trying again");
-                    last_full = false;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-            };
-            pause = Duration::from_millis(50);
-            context.metrics.pending.set(claim.pending as i64);
-            if claim.reclaimed > 0 {
-                tracing::warn!(
-                    count = claim.reclaimed,
-                    "took over jobs whose lease expired (a worker died or stalled)"
-                );
-            }
-            let full = claim.jobs.len() == limit;
-            last_full = full;
-            let claim = Arc::new(claim);
-            for job in claim.jobs.iter().cloned() {
-                let room = match budget.clone().try_acquire_owned() {
-                    Ok(room) => room,
-                    Err(_) => budget
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed"),
-                };
+        let fire_all = |in_hand: &mut JoinSet<()>, claim, room| {
+            for job in take_jobs(claim, room) {
                 in_hand.spawn(fire_one(
                     context.clone(),
-                    claim.clone(),
                     job,
-                    room,
                     slots.clone(),
                     done_tx.clone(),
                     shutdown.clone(),
                 ));
             }
-            while in_hand.try_join_next().is_some() {}
-            if full {
+        };
+        // Each claim in flight holds the room it may fill; what it does not fill is given back.
+        let mut claims = futures::stream::FuturesUnordered::new();
+        let mut pause = Duration::from_millis(50);
+        let mut last_full = false;
+        // Set when a claim found less than it could take (or failed): no claim is started
+        // until this sleep ends or a wake-up comes.
+        let mut idle: Option<Duration> = None;
+        let mut waiting_for_handler = false;
+        loop {
+            // Right after a full claim we are saturated: waiting for half the room makes the next
+            // claim a batch rather than a trickle of one-job claims.
+            let want = if last_full {
+                (budget_size / 2).max(1)
+            } else {
+                1
+            };
+            let ready = context.handler.ready();
+            if ready && waiting_for_handler {
+                tracing::info!("the handler can fire again; claiming");
+                waiting_for_handler = false;
+            }
+            let may_claim = ready && idle.is_none() && claims.len() < CLAIMS_IN_FLIGHT;
+            if may_claim && let Ok(mut room) = budget.clone().try_acquire_many_owned(want as u32) {
+                // All the room there is, in one claim.
+                let more = budget.available_permits().min(MAX_BATCH - want);
+                if more > 0
+                    && let Ok(extra) = budget.clone().try_acquire_many_owned(more as u32)
+                {
+                    room.merge(extra);
+                }
+                let queue = context.queue.clone();
+                let lease = options.lease;
+                claims.push(async move {
+                    let claim = queue.claim(room.num_permits(), lease).await;
+                    (claim, room)
+                });
                 continue;
             }
-            let sleep = claim
-                .next_in()
-                .unwrap_or(options.max_idle)
-                .min(options.max_idle);
+            if !ready && !waiting_for_handler {
+                tracing::warn!(
+                    "the handler cannot fire (NATS unavailable); claiming nothing until it can"
+                );
+                waiting_for_handler = true;
+            }
+            let resting = idle.filter(|_| claims.is_empty());
+            let rested = async {
+                match resting {
+                    Some(sleep) => {
+                        tokio::select! {
+                            _ = context.queue.woken() => {}
+                            _ = tokio::time::sleep(sleep) => {}
+                        }
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = context.queue.woken() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                Some((claim, room)) = claims.next() => {
+                    let claim = match claim {
+                        Ok(claim) => claim,
+                        Err(e) => {
+                            tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot claim jobs; trying again");
+                            last_full = false;
+                            idle = Some(pause);
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    };
+                    pause = Duration::from_millis(50);
+                    context.metrics.pending.set(claim.pending as i64);
+                    if claim.reclaimed > 0 {
+                        tracing::warn!(
+                            count = claim.reclaimed,
+                            "took over jobs whose lease expired (a worker died or stalled)"
+                        );
+                    }
+                    let full = claim.jobs.len() == room.num_permits();
+                    last_full = full;
+                    if !full && claims.is_empty() {
+                        idle = Some(
+                            claim
+                                .next_in()
+                                .unwrap_or(options.max_idle)
+                                .min(options.max_idle),
+                        );
+                    }
+                    fire_all(&mut in_hand, claim, room);
+                    while in_hand.try_join_next().is_some() {}
+                }
+                _ = rested => idle = None,
+                room = budget.clone().acquire_many_owned(want as u32), if may_claim => {
+                    drop(room);
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)), if !ready => {}
             }
         }
         tracing::info!(
             in_hand = in_hand.len(),
             "worker stopping; finishing jobs in hand"
         );
+        // What the claims in flight leased is fired too, rather than left to its lease.
+        while let Some((claim, room)) = claims.next().await {
+            if let Ok(claim) = claim {
+                fire_all(&mut in_hand, claim, room);
+            }
+        }
         while in_hand.join_next().await.is_some() {}
         drop(done_tx);
         let _ = completer.await;
@@ -341,15 +367,36 @@ impl<H: JobHandler> Context<H> {
     }
 }
 
-async fn fire_one<H: JobHandler>(
-    context: Arc<Context<H>>,
+/// A claimed job with what it needs to be fired: its claim (for lateness) and its share of the
+/// room the claim held.
+struct Claimed {
     claim: Arc<Claim>,
     job: Job,
     room: OwnedSemaphorePermit,
+}
+
+/// Splits a claim's room among its jobs; the room it did not fill is free again.
+fn take_jobs(claim: Claim, mut room: OwnedSemaphorePermit) -> Vec<Claimed> {
+    let claim = Arc::new(claim);
+    claim
+        .jobs
+        .iter()
+        .map(|job| Claimed {
+            claim: claim.clone(),
+            job: job.clone(),
+            room: room.split(1).expect("a claim takes no more than its room"),
+        })
+        .collect()
+}
+
+async fn fire_one<H: JobHandler>(
+    context: Arc<Context<H>>,
+    claimed: Claimed,
     slots: Arc<Semaphore>,
     done: mpsc::UnboundedSender<(String, u64)>,
     shutdown: CancellationToken,
 ) {
+    let Claimed { claim, job, room } = claimed;
     let _room = room;
     // Slots are handed out first come, first served: jobs fire in claim order.
     let _slot = slots

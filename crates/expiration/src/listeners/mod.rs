@@ -1,7 +1,7 @@
 //! The worker's listeners, one per subject, in queue group `expiration-service`.
 
 mod order_cancelled;
-mod order_created;
+pub mod order_created;
 
 pub use order_cancelled::OrderCancelledListener;
 pub use order_created::OrderCreatedListener;

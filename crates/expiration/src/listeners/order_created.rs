@@ -6,8 +6,14 @@ use common::events::OrderCreated;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, to_ms};
 
-/// Schedules a job keyed by the order id, due at `expiresAt`; acks once Redis has it. An id that
-/// is not an ObjectId never gets here: the runner terminates it (`Event::validate`).
+/// `order:created` messages handled at once. Their schedules share script calls (see
+/// [`Queue::schedule_versioned`]), so a burst is taken in by the batch rather than waiting for
+/// one Redis round trip and one confirmed ack at a time per slot of the default 32.
+pub const IN_FLIGHT: usize = 256;
+
+/// Schedules a job keyed by the order id, due at `expiresAt`, unless a newer version of the order
+/// scheduled it already; acks once Redis has it. An id that is not an ObjectId never gets here:
+/// the runner terminates it (`Event::validate`).
 pub struct OrderCreatedListener {
     queue: Queue,
     metrics: Metrics,
@@ -28,7 +34,7 @@ impl Listener for OrderCreatedListener {
         let due_ms = to_ms(event.expires_at);
         let scheduled = self
             .queue
-            .schedule(&event.id, due_ms)
+            .schedule_versioned(&event.id, due_ms, event.version)
             .await
             .map_err(HandlerError::unavailable)?;
         self.metrics
@@ -36,10 +42,12 @@ impl Listener for OrderCreatedListener {
             .inc_by(scheduled.added + scheduled.moved);
         tracing::info!(
             order = %event.id,
+            version = event.version,
             expires_at = %common::events::timestamp::format(&event.expires_at),
             added = scheduled.added == 1,
             moved = scheduled.moved == 1,
             cancelled_already = scheduled.skipped == 1,
+            newer_version_scheduled = scheduled.stale == 1,
             "expiration scheduled"
         );
         Ok(())

@@ -1,7 +1,8 @@
 -- cancel: forget jobs, waiting or leased, and remember the ids for ttl_ms so that a creation
 -- arriving after its cancellation schedules nothing.
--- KEYS: due, leased, jobs, cancelled.  ARGV: ttl_ms, then ids.  Returns how many jobs existed.
-local due, leased, jobs, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- KEYS: due, leased, jobs, cancelled, versions.  ARGV: ttl_ms, then ids.
+-- Returns how many jobs existed.
+local due, leased, jobs, cancelled, versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids, marks = {}, {}
@@ -14,4 +15,5 @@ redis.call('ZREMRANGEBYSCORE', cancelled, '-inf', now - tonumber(ARGV[1]))
 redis.call('ZADD', cancelled, unpack(marks))
 redis.call('ZREM', due, unpack(ids))
 redis.call('ZREM', leased, unpack(ids))
+redis.call('HDEL', versions, unpack(ids))
 return redis.call('HDEL', jobs, unpack(ids))

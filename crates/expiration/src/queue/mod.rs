@@ -9,15 +9,20 @@
 //! | key | type | content |
 //! |---|---|---|
 //! | `{p:q}:due` | ZSET | job id → when it may be claimed (ms since the epoch): its due time, or its retry time |
-//! | `{p:q}:leased` | ZSET | job id → lease expiry (ms) of a claimed job |
-//! | `{p:q}:jobs` | HASH | job id → `"<due_ms>:<attempts>:<token>"`; token 0 when not leased |
+//! | `{p:q}:leased` | ZSET | job id → lease expiry (ms) of a claimed job, which is also its claim's token |
+//! | `{p:q}:jobs` | HASH | job id → `"<due_ms>:<attempts>:0"`: attempts counts the claims that ended (failed, or whose holder died) |
 //! | `{p:q}:dead` | HASH | job id → JSON `{due, attempts, failed_at, reason}` |
 //! | `{p:q}:cancelled` | ZSET | job id → when it was cancelled (ms); pruned after [`CANCELLED_TTL`] |
-//! | `{p:q}:seq` | STRING | counter; each claim call takes the next value as its lease token |
+//! | `{p:q}:versions` | HASH | job id → version of the `order:created` that scheduled it, only when above 0 |
+//! | `{p:q}:seq` | STRING | the last lease expiry given out; each claim's is greater |
 //! | `{p:q}:wake` | channel | a message whenever the earliest due time moves earlier |
 //!
 //! A job is in exactly one of `due` or `leased` while it lives in `jobs`; the job id is the
 //! whole job (the worker's id is the order id), so there is no payload to store.
+//!
+//! A claim writes only the lease: its expiry doubles as the claim's token, unique because each
+//! claim's is greater than the last (`seq`). The record's third field, once a token, is always 0
+//! now; records written by earlier versions parse the same.
 //!
 //! # Scripts
 //!
@@ -27,17 +32,18 @@
 //! - `schedule.lua` (batch): a new id is added; a known id with the same due time is left alone
 //!   (a redelivered event changes nothing, even mid-backoff); a known id with another due time is
 //!   moved, and if it was leased the lease is dropped, so the old holder's `complete` no longer
-//!   matches and cannot delete the moved job. Publishes on the wake channel when the earliest due
+//!   matches and cannot delete the moved job. A version older than the one that scheduled the
+//!   job is ignored (`stale`): an older `order:created` handled after a newer one undoes nothing. Publishes on the wake channel when the earliest due
 //!   time moved earlier. An id cancelled in the last [`CANCELLED_TTL`] is skipped: `order:created`
 //!   and `order:cancelled` travel on separate consumers, so the cancellation may arrive first.
-//! - `claim.lua` (batch): takes up to `limit` expired leases and due jobs, moves them to `leased`
-//!   with expiry `now + lease`, increments their attempts and stamps them with a fresh token.
-//!   Returns them with Redis' `now`, the next due time or lease expiry (the worker sleeps until
-//!   then), and the number of jobs still pending.
+//! - `claim.lua` (batch): takes up to `limit` expired leases and due jobs and moves them to
+//!   `leased` with expiry (and token) about `now + lease`; a reclaimed job's record counts its
+//!   dead holder's claim. Returns them with their records, Redis' `now`, the next due time or
+//!   lease expiry (the worker sleeps until then), and the number of jobs still pending.
 //! - `complete.lua` (batch): deletes each job only if it is still leased under the given token.
-//! - `retry.lua`: under the caller's token, reschedules at `now + delay` (giving the attempt
-//!   back when the failure was a dependency's, see [`Queue::postpone`]), or at `max_attempts`
-//!   moves the job to `dead`.
+//! - `retry.lua`: under the caller's token, reschedules at `now + delay`, counting the attempt
+//!   unless the failure was a dependency's (see [`Queue::postpone`]), or at `max_attempts` moves
+//!   the job to `dead`.
 //! - `cancel.lua` (batch): removes jobs, waiting or leased, and records the ids in `cancelled`
 //!   (pruning records older than [`CANCELLED_TTL`]).
 //! - `requeue.lua`: dead jobs become due now with attempts reset.
@@ -49,7 +55,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use common::telemetry::ErrorChain;
@@ -71,6 +77,9 @@ pub enum QueueError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected reply from a queue script: {0}")]
     Reply(String),
+    /// The schedule call this request was batched into failed (every request in it gets this).
+    #[error("the batched schedule call failed")]
+    Batched(#[source] Arc<QueueError>),
 }
 
 /// Where a queue lives: all its keys start with `{<prefix>:<name>}`.
@@ -103,6 +112,7 @@ struct Keys {
     jobs: String,
     dead: String,
     cancelled: String,
+    versions: String,
     seq: String,
     wake: String,
 }
@@ -140,6 +150,15 @@ pub struct Queue {
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
+    batcher: mpsc::Sender<Request>,
+}
+
+/// One job waiting to join the next batched schedule call (see [`Queue::schedule_versioned`]).
+struct Request {
+    id: String,
+    due_ms: i64,
+    version: u64,
+    reply: oneshot::Sender<Result<Scheduled, QueueError>>,
 }
 
 /// What one schedule call did.
@@ -155,6 +174,42 @@ pub struct Scheduled {
     pub woke: bool,
     /// Jobs cancelled before they were scheduled: not scheduled.
     pub skipped: u64,
+    /// Jobs scheduled already by a newer version: left alone.
+    pub stale: u64,
+}
+
+/// One job to schedule: `(id, due_ms)`, or `(id, due_ms, version)` where a job scheduled with
+/// some version ignores any later schedule with a lower one. Without a version it is 0.
+pub trait NewJob {
+    /// The job's key.
+    fn id(&self) -> &str;
+    /// When it is due (ms since the epoch).
+    fn due_ms(&self) -> i64;
+    /// The version of the event that schedules it.
+    fn version(&self) -> u64 {
+        0
+    }
+}
+
+impl<S: AsRef<str>> NewJob for (S, i64) {
+    fn id(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn due_ms(&self) -> i64 {
+        self.1
+    }
+}
+
+impl<S: AsRef<str>> NewJob for (S, i64, u64) {
+    fn id(&self) -> &str {
+        self.0.as_ref()
+    }
+    fn due_ms(&self) -> i64 {
+        self.1
+    }
+    fn version(&self) -> u64 {
+        self.2
+    }
 }
 
 /// A claimed job.
@@ -279,16 +334,32 @@ impl Queue {
             jobs: format!("{tag}:jobs"),
             dead: format!("{tag}:dead"),
             cancelled: format!("{tag}:cancelled"),
+            versions: format!("{tag}:versions"),
             seq: format!("{tag}:seq"),
             wake: format!("{tag}:wake"),
         };
+        let (keys, scripts, wake) = (
+            Arc::new(keys),
+            Arc::new(Scripts::load()),
+            Arc::new(Notify::new()),
+        );
+        let (batcher, requests) = mpsc::channel(4 * MAX_BATCH);
+        // Ends when the last clone of the queue (the last sender) is dropped.
+        tokio::spawn(batch_schedules(
+            conn.clone(),
+            keys.clone(),
+            scripts.clone(),
+            wake.clone(),
+            requests,
+        ));
         Ok(Queue {
             client,
             conn,
             name,
-            keys: Arc::new(keys),
-            scripts: Arc::new(Scripts::load()),
-            wake: Arc::new(Notify::new()),
+            keys,
+            scripts,
+            wake,
+            batcher,
         })
     }
 
@@ -316,41 +387,45 @@ impl Queue {
         Ok(())
     }
 
-    /// Schedules (or moves) job `id` to be due at `due_ms`.
+    /// Schedules (or moves) job `id` to be due at `due_ms`, as version 0.
     pub async fn schedule(&self, id: &str, due_ms: i64) -> Result<Scheduled, QueueError> {
-        self.schedule_many(&[(id, due_ms)]).await
+        self.schedule_versioned(id, due_ms, 0).await
+    }
+
+    /// Schedules (or moves) job `id` to be due at `due_ms`, unless a higher `version` scheduled
+    /// it. Concurrent calls share script calls: whatever arrives while one call runs goes in the
+    /// next, so a burst of `order:created` costs a round trip per batch, not per event.
+    pub async fn schedule_versioned(
+        &self,
+        id: &str,
+        due_ms: i64,
+        version: u64,
+    ) -> Result<Scheduled, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            id: id.to_owned(),
+            due_ms,
+            version,
+            reply,
+        };
+        let lost = || QueueError::Reply("the schedule batcher stopped".into());
+        self.batcher.send(request).await.map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
     }
 
     /// Schedules many jobs, [`MAX_BATCH`] per script call, the calls pipelined on one connection.
-    pub async fn schedule_many<S: AsRef<str>>(
-        &self,
-        jobs: &[(S, i64)],
-    ) -> Result<Scheduled, QueueError> {
-        let calls = jobs.chunks(MAX_BATCH).map(|chunk| async move {
-            let mut invocation = self.scripts.schedule.prepare_invoke();
-            invocation
-                .key(&self.keys.due)
-                .key(&self.keys.leased)
-                .key(&self.keys.jobs)
-                .key(&self.keys.dead)
-                .key(&self.keys.cancelled)
-                .arg(&self.keys.wake);
-            for (id, due_ms) in chunk {
-                invocation.arg(id.as_ref()).arg((*due_ms).max(0));
-            }
-            let mut conn = self.conn.clone();
-            invocation
-                .invoke_async::<(u64, u64, u64, u8, u64)>(&mut conn)
-                .await
-        });
+    pub async fn schedule_many<J: NewJob>(&self, jobs: &[J]) -> Result<Scheduled, QueueError> {
+        let calls = jobs
+            .chunks(MAX_BATCH)
+            .map(|chunk| schedule_call(&self.conn, &self.keys, &self.scripts, chunk));
         let mut total = Scheduled::default();
-        for (added, moved, unchanged, woke, skipped) in futures::future::try_join_all(calls).await?
-        {
-            total.added += added;
-            total.moved += moved;
-            total.unchanged += unchanged;
-            total.woke |= woke == 1;
-            total.skipped += skipped;
+        for (scheduled, _) in futures::future::try_join_all(calls).await? {
+            total.added += scheduled.added;
+            total.moved += scheduled.moved;
+            total.unchanged += scheduled.unchanged;
+            total.woke |= scheduled.woke;
+            total.skipped += scheduled.skipped;
+            total.stale += scheduled.stale;
         }
         if total.woke {
             self.wake_local();
@@ -383,7 +458,10 @@ impl Queue {
         let mut deleted = 0;
         for chunk in done.chunks(MAX_BATCH) {
             let mut invocation = self.scripts.complete.prepare_invoke();
-            invocation.key(&self.keys.leased).key(&self.keys.jobs);
+            invocation
+                .key(&self.keys.leased)
+                .key(&self.keys.jobs)
+                .key(&self.keys.versions);
             for (id, token) in chunk {
                 invocation.arg(id).arg(*token);
             }
@@ -428,6 +506,7 @@ impl Queue {
             .key(&self.keys.leased)
             .key(&self.keys.jobs)
             .key(&self.keys.dead)
+            .key(&self.keys.versions)
             .arg(&job.id)
             .arg(job.token)
             .arg(delay.as_millis() as u64)
@@ -465,6 +544,7 @@ impl Queue {
                 .key(&self.keys.leased)
                 .key(&self.keys.jobs)
                 .key(&self.keys.cancelled)
+                .key(&self.keys.versions)
                 .arg(CANCELLED_TTL.as_millis() as u64)
                 .arg(chunk)
                 .invoke_async::<u64>(&mut conn)
@@ -543,6 +623,7 @@ impl Queue {
             .arg(&keys.jobs)
             .arg(&keys.dead)
             .arg(&keys.cancelled)
+            .arg(&keys.versions)
             .arg(&keys.seq)
             .query_async::<()>(&mut conn)
             .await?;
@@ -595,6 +676,119 @@ impl Queue {
     }
 }
 
+/// One schedule script call for at most [`MAX_BATCH`] jobs: the totals, and each job's outcome
+/// as a [`Scheduled`] of its own (with the call's `woke`).
+async fn schedule_call<J: NewJob>(
+    conn: &ConnectionManager,
+    keys: &Keys,
+    scripts: &Scripts,
+    chunk: &[J],
+) -> Result<(Scheduled, Vec<Scheduled>), QueueError> {
+    let mut invocation = scripts.schedule.prepare_invoke();
+    invocation
+        .key(&keys.due)
+        .key(&keys.leased)
+        .key(&keys.jobs)
+        .key(&keys.dead)
+        .key(&keys.cancelled)
+        .key(&keys.versions)
+        .arg(&keys.wake);
+    for job in chunk {
+        invocation
+            .arg(job.id())
+            .arg(job.due_ms().max(0))
+            .arg(job.version());
+    }
+    let mut conn = conn.clone();
+    let (added, moved, unchanged, woke, skipped, stale, outcomes) = invocation
+        .invoke_async::<(u64, u64, u64, u8, u64, u64, String)>(&mut conn)
+        .await?;
+    let woke = woke == 1;
+    let each = outcomes
+        .chars()
+        .map(|outcome| {
+            let mut one = Scheduled {
+                woke,
+                ..Scheduled::default()
+            };
+            match outcome {
+                'a' => one.added = 1,
+                'm' => one.moved = 1,
+                'u' => one.unchanged = 1,
+                's' => one.skipped = 1,
+                'o' => one.stale = 1,
+                other => {
+                    return Err(QueueError::Reply(format!(
+                        "schedule: unknown outcome `{other}`"
+                    )));
+                }
+            }
+            Ok(one)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if each.len() != chunk.len() {
+        return Err(QueueError::Reply(format!(
+            "schedule: {} outcomes for {} jobs",
+            each.len(),
+            chunk.len()
+        )));
+    }
+    let total = Scheduled {
+        added,
+        moved,
+        unchanged,
+        woke,
+        skipped,
+        stale,
+    };
+    Ok((total, each))
+}
+
+/// Serves [`Queue::schedule_versioned`]: one script call at a time, each taking every request
+/// that arrived meanwhile (up to [`MAX_BATCH`]).
+async fn batch_schedules(
+    conn: ConnectionManager,
+    keys: Arc<Keys>,
+    scripts: Arc<Scripts>,
+    wake: Arc<Notify>,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let jobs: Vec<(&str, i64, u64)> = batch
+            .iter()
+            .map(|r| (r.id.as_str(), r.due_ms, r.version))
+            .collect();
+        let result = schedule_call(&conn, &keys, &scripts, &jobs).await;
+        drop(jobs);
+        match result {
+            Ok((total, each)) => {
+                if total.woke {
+                    wake.notify_one();
+                }
+                for (request, scheduled) in batch.drain(..).zip(each) {
+                    let _ = request.reply.send(Ok(scheduled));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(QueueError::Batched(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A job record `due_ms:attempts:token` as `(due_ms, attempts)`.
+fn parse_record(record: &[u8]) -> Option<(i64, u32)> {
+    let record = std::str::from_utf8(record).ok()?;
+    let mut fields = record.split(':');
+    let due = fields.next()?.parse().ok()?;
+    let attempts = fields.next()?.parse().ok()?;
+    Some((due, attempts))
+}
+
 fn parse_claim(reply: Vec<Value>, received: std::time::Instant) -> Result<Claim, QueueError> {
     let bad = |what: &str| QueueError::Reply(format!("claim: {what}"));
     let int = |value: &Value| -> Result<i64, QueueError> {
@@ -607,7 +801,7 @@ fn parse_claim(reply: Vec<Value>, received: std::time::Instant) -> Result<Claim,
             _ => Err(bad("a number was expected")),
         }
     };
-    if reply.len() < 6 || !(reply.len() - 6).is_multiple_of(3) {
+    if reply.len() < 6 || !(reply.len() - 6).is_multiple_of(2) {
         return Err(bad(&format!("{} values", reply.len())));
     }
     let now_us = int(&reply[0])? * 1_000_000 + int(&reply[1])?;
@@ -616,16 +810,24 @@ fn parse_claim(reply: Vec<Value>, received: std::time::Instant) -> Result<Claim,
     let pending = int(&reply[4])? as u64;
     let reclaimed = int(&reply[5])? as usize;
     let jobs = reply[6..]
-        .chunks(3)
+        .chunks(2)
         .map(|job| {
             let id = match &job[0] {
                 Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => return Err(bad("a job id was expected")),
             };
+            // A job in a set without its record can only come from a hand edit: it fires now,
+            // never dropped.
+            let (due_ms, ended) = match &job[1] {
+                Value::BulkString(record) => parse_record(record)
+                    .ok_or_else(|| bad(&format!("the record of {id} is not due:attempts:token")))?,
+                Value::Nil => (now_us / 1000, 0),
+                _ => return Err(bad("a job record was expected")),
+            };
             Ok(Job {
                 id,
-                due_ms: int(&job[1])?,
-                attempts: int(&job[2])? as u32,
+                due_ms,
+                attempts: ended.saturating_add(1),
                 token,
             })
         })
@@ -662,8 +864,7 @@ mod tests {
             Value::Int(3),
             Value::Int(0),
             Value::BulkString(b"a".to_vec()),
-            Value::Int(1_700_000_000_000),
-            Value::Int(1),
+            Value::BulkString(b"1700000000000:0:0".to_vec()),
         ];
         let claim = parse_claim(reply, std::time::Instant::now()).unwrap();
         assert_eq!(claim.now_us, 1_700_000_000_250_000);
@@ -680,5 +881,38 @@ mod tests {
         assert!(claim.lateness(&claim.jobs[0]) >= Duration::from_millis(250));
         assert!(claim.next_in().unwrap() <= Duration::from_millis(750));
         assert!(parse_claim(vec![Value::Int(1)], std::time::Instant::now()).is_err());
+    }
+
+    #[test]
+    fn a_record_counts_the_ended_claims_and_the_worker_adds_this_one() {
+        let reply = vec![
+            Value::BulkString(b"1700000000".to_vec()),
+            Value::BulkString(b"0".to_vec()),
+            Value::BulkString(b"1700000030000".to_vec()),
+            Value::Int(-1),
+            Value::Int(2),
+            Value::Int(0),
+            // Written by an earlier version, whose claims stamped their token in the record.
+            Value::BulkString(b"old".to_vec()),
+            Value::BulkString(b"1600000000000:2:41".to_vec()),
+            // No record (a hand edit): fired now, never dropped.
+            Value::BulkString(b"bare".to_vec()),
+            Value::Nil,
+        ];
+        let claim = parse_claim(reply, std::time::Instant::now()).unwrap();
+        let got: Vec<_> = claim
+            .jobs
+            .iter()
+            .map(|job| (job.id.as_str(), job.due_ms, job.attempts, job.token))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("old", 1_600_000_000_000, 3, 1_700_000_030_000),
+                ("bare", 1_700_000_000_000, 1, 1_700_000_030_000)
+            ]
+        );
+        assert_eq!(claim.next_ms, None);
+        assert_eq!(parse_record(b"12:x:0"), None);
     }
 }

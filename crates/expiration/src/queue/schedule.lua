@@ -1,51 +1,75 @@
 -- schedule: add or move keyed jobs. See the module documentation for the data layout.
--- KEYS: due, leased, jobs, dead, cancelled.  ARGV: wake channel, then (id, due_ms) pairs.
--- Returns {added, moved, unchanged, woke, skipped}; skipped ids were cancelled already.
-local due, leased, jobs, dead, cancelled = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local n = (#ARGV - 1) / 2
+-- KEYS: due, leased, jobs, dead, cancelled, versions.
+-- ARGV: wake channel, then (id, due_ms, version) triples.
+-- Returns {added, moved, unchanged, woke, skipped, stale, outcomes}; skipped ids were cancelled
+-- already, stale ones came with an older version than the one that scheduled the job; outcomes
+-- has a letter per job, in order: a(dded), m(oved), u(nchanged), s(kipped), o(lder version).
+local due, leased, jobs, dead, cancelled, versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local n = (#ARGV - 1) / 3
 local ids = {}
-for i = 1, n do ids[i] = ARGV[2 * i] end
+for i = 1, n do ids[i] = ARGV[3 * i - 1] end
 local before = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
 local current = redis.call('HMGET', jobs, unpack(ids))
 local gone = redis.call('ZMSCORE', cancelled, unpack(ids))
+-- Only versions above 0 are stored, so a deployment that never moves a job never reads them.
+local known = {}
+if redis.call('EXISTS', versions) == 1 then known = redis.call('HMGET', versions, unpack(ids)) end
 -- What this call has already written, so that an id twice in one batch behaves as two calls.
-local written = {}
-local zadd, hset, unlease, revived = {}, {}, {}, {}
-local added, moved, unchanged, skipped = 0, 0, 0, 0
+local written, written_version = {}, {}
+local zadd, hset, vset, vdel, unlease, revived = {}, {}, {}, {}, {}, {}
+local added, moved, unchanged, skipped, stale = 0, 0, 0, 0, 0
+local outcomes = {}
 for i = 1, n do
-  local id, at = ids[i], tonumber(ARGV[2 * i + 1])
+  local id, at, version = ids[i], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local old = written[id] or current[i]
-  local old_due, token
+  local old_due, old_version = nil, 0
   if old then
-    local d, _, t = string.match(old, '^(%d+):(%d+):(%d+)$')
-    old_due, token = tonumber(d), t
+    old_due = tonumber(string.match(old, '^(%d+):'))
+    old_version = written_version[id] or tonumber(known[i] or '0')
   end
   if gone[i] then
     -- The cancellation overtook the creation (they travel on separate consumers).
     skipped = skipped + 1
+    outcomes[i] = 's'
+  elseif old and version < old_version then
+    -- An older order:created handled after a newer one (redelivered, or handled concurrently).
+    stale = stale + 1
+    outcomes[i] = 'o'
   elseif old and old_due == at then
     unchanged = unchanged + 1
+    outcomes[i] = 'u'
   else
     if old then
       moved = moved + 1
-      -- Leased (firing right now): the new due wins; the old holder's complete no longer matches.
-      if token ~= '0' then unlease[#unlease + 1] = id end
+      outcomes[i] = 'm'
+      -- Possibly leased (firing right now): the new due wins; the old holder's complete and
+      -- retry no longer find their lease.
+      unlease[#unlease + 1] = id
     else
       added = added + 1
+      outcomes[i] = 'a'
       revived[#revived + 1] = id
     end
     local value = string.format('%d:0:0', at)
-    written[id] = value
+    written[id], written_version[id] = value, version
     zadd[#zadd + 1] = at
     zadd[#zadd + 1] = id
     hset[#hset + 1] = id
     hset[#hset + 1] = value
+    if version > 0 then
+      vset[#vset + 1] = id
+      vset[#vset + 1] = ARGV[3 * i + 1]
+    elseif old_version > 0 or not old then
+      vdel[#vdel + 1] = id
+    end
   end
 end
 if #zadd > 0 then
   redis.call('ZADD', due, unpack(zadd))
   redis.call('HSET', jobs, unpack(hset))
 end
+if #vset > 0 then redis.call('HSET', versions, unpack(vset)) end
+if #vdel > 0 and #known > 0 then redis.call('HDEL', versions, unpack(vdel)) end
 if #unlease > 0 then redis.call('ZREM', leased, unpack(unlease)) end
 if #revived > 0 then redis.call('HDEL', dead, unpack(revived)) end
 local woke = 0
@@ -54,4 +78,4 @@ if after[1] and (not before[1] or tonumber(after[2]) < tonumber(before[2])) then
   redis.call('PUBLISH', ARGV[1], after[2])
   woke = 1
 end
-return {added, moved, unchanged, woke, skipped}
+return {added, moved, unchanged, woke, skipped, stale, table.concat(outcomes)}

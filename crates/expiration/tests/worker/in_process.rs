@@ -157,15 +157,7 @@ async fn a_new_expires_at_for_the_same_order_moves_its_job() {
     stream.publish(&order_created(&earlier, now + 60_000)).await;
     stream.publish(&order_created(&later, now + 1_500)).await;
     stream.publish(&order_created(&control, now + 2_500)).await;
-    // The listener handles messages concurrently and the last schedule of an id wins, whatever
-    // its version: the moves are sent once the first three are in, as a later order:created
-    // would be.
-    eventually(
-        Duration::from_secs(5),
-        "the first three scheduled",
-        || async { app.metric("jobs_scheduled_total").await == 3.0 },
-    )
-    .await;
+    // Handled concurrently with the first three, the moves still win: a higher version.
     let mut moved_earlier = order_created(&earlier, now + 1_800);
     moved_earlier.version = 1;
     stream.publish(&moved_earlier).await;
@@ -178,6 +170,33 @@ async fn a_new_expires_at_for_the_same_order_moves_its_job() {
     let order: Vec<String> = events.into_iter().map(|e| e.order_id).collect();
     assert_eq!(order, [earlier, control, later], "fired in the moved order");
     assert_eq!(app.metric("jobs_fired_total").await, 3.0);
+    finish(stream, app).await;
+}
+
+#[tokio::test]
+async fn an_older_order_created_handled_after_a_newer_one_changes_nothing() {
+    let (stream, app) = start_app().await;
+    let id = order_id();
+    let now = now_ms();
+    let mut moved = order_created(&id, now + 1_500);
+    moved.version = 1;
+    stream.publish(&moved).await;
+    eventually(Duration::from_secs(5), "version 1 scheduled", || async {
+        app.metric("jobs_scheduled_total").await == 1.0
+    })
+    .await;
+    // Version 0 comes last (a redelivery, or a message handled late): it would put the job an
+    // hour away.
+    stream.publish(&order_created(&id, now + 3_600_000)).await;
+    let events = stream
+        .wait_for::<ExpirationComplete>(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(events[0].order_id, id);
+    assert!(
+        now_ms() < now + 5_000,
+        "fired at version 1's expiresAt, not version 0's"
+    );
+    assert_eq!(app.metric("jobs_scheduled_total").await, 1.0);
     finish(stream, app).await;
 }
 

@@ -67,6 +67,120 @@ async fn scheduling_is_keyed_the_same_due_time_changes_nothing_and_a_new_one_mov
 }
 
 #[tokio::test]
+async fn an_older_version_never_undoes_a_newer_one() {
+    let queue = test_queue().await;
+    let (first, moved) = (now_ms() + 60_000, now_ms() + 120_000);
+    let newer = queue.schedule_versioned("order", moved, 1).await.unwrap();
+    assert_eq!(newer.added, 1);
+    // The version-0 order:created handled after its version-1 move (redelivered, or handled
+    // concurrently): left alone, whether alone or in a batch.
+    let older = queue.schedule_versioned("order", first, 0).await.unwrap();
+    assert_eq!((older.stale, older.moved, older.added), (1, 0, 0));
+    let batch = queue
+        .schedule_many(&[("order", first, 0), ("order", first + 1, 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (batch.stale, batch.moved),
+        (1, 1),
+        "the same version still moves it"
+    );
+    assert_eq!(
+        queue.stats().await.unwrap().next_due_ms,
+        Some(first + 1),
+        "version 1's last word"
+    );
+    let newest = queue.schedule_versioned("order", moved, 2).await.unwrap();
+    assert_eq!(newest.moved, 1);
+    // Once the job is gone, its version is forgotten with it: nothing is kept per fired order.
+    queue.cancel(&["order"]).await.unwrap();
+    queue
+        .schedule_versioned("other", now_ms() - 10, 3)
+        .await
+        .unwrap();
+    let claim = queue.claim(10, LEASE).await.unwrap();
+    assert_eq!(
+        queue
+            .complete(&[(claim.jobs[0].id.clone(), claim.jobs[0].token)])
+            .await
+            .unwrap(),
+        1
+    );
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let versions: u64 = redis::cmd("EXISTS")
+        .arg(format!("{}:versions", queue.name().tag()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(versions, 0, "no version left behind by cancel or complete");
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_schedules_share_calls_and_each_gets_its_own_outcome() {
+    let queue = test_queue().await;
+    let due = now_ms() + 60_000;
+    queue.schedule_versioned("known", due, 0).await.unwrap();
+    queue.schedule_versioned("newer", due, 5).await.unwrap();
+    queue.cancel(&["cancelled"]).await.unwrap();
+    // 600 at once: they go to Redis in a few batched calls, in arrival order.
+    let calls = (0..600).map(|n| {
+        let queue = queue.clone();
+        async move {
+            let (id, at, version) = match n {
+                0 => ("known".to_string(), due, 0),
+                1 => ("newer".to_string(), due + 5, 4),
+                2 => ("cancelled".to_string(), due, 0),
+                n => (format!("job-{n}"), due + n, 0),
+            };
+            (n, queue.schedule_versioned(&id, at, version).await.unwrap())
+        }
+    });
+    for (n, scheduled) in futures::future::join_all(calls).await {
+        let got = (
+            scheduled.added,
+            scheduled.unchanged,
+            scheduled.stale,
+            scheduled.skipped,
+        );
+        let want = match n {
+            0 => (0, 1, 0, 0),
+            1 => (0, 0, 1, 0),
+            2 => (0, 0, 0, 1),
+            _ => (1, 0, 0, 0),
+        };
+        assert_eq!(got, want, "request {n}");
+    }
+    assert_eq!(queue.stats().await.unwrap().waiting, 2 + 597);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_claim_has_its_own_token_even_within_one_millisecond() {
+    let queue = test_queue().await;
+    let past = now_ms() - 10;
+    let jobs: Vec<(String, i64)> = (0..50).map(|n| (format!("job-{n}"), past)).collect();
+    queue.schedule_many(&jobs).await.unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..50 {
+        let claim = queue.claim(1, LEASE).await.unwrap();
+        tokens.push(claim.jobs[0].token);
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "tokens only grow: {tokens:?}"
+    );
+    // A token is the lease expiry: about now + lease.
+    let lease_end = now_ms() as u64 + LEASE.as_millis() as u64;
+    assert!(tokens[0] > lease_end - 5_000 && tokens[49] < lease_end + 5_000);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
 async fn concurrent_claimers_never_get_the_same_job() {
     let first = test_queue().await;
     let past = now_ms() - 1000;
