@@ -281,7 +281,10 @@ impl<H: JobHandler> Worker<H> {
                     }
                     let full = claim.jobs.len() == room.num_permits();
                     last_full = full;
-                    if !full && claims.is_empty() {
+                    if full {
+                        // More is due: whatever rest an earlier claim (or failure) set is over.
+                        idle = None;
+                    } else if claims.is_empty() {
                         idle = Some(
                             claim
                                 .next_in()
