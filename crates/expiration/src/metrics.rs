@@ -22,6 +22,8 @@ pub struct Metrics {
     pub dead_lettered: Counter,
     /// Fired jobs that were moved, cancelled or taken over before completion.
     pub lease_lost: Counter,
+    /// Claim calls made to Redis (each one script call, whatever it found).
+    pub claims: Counter,
     /// Jobs waiting or leased, as of this process' last claim.
     pub pending: Gauge,
     /// Fire time minus due time, in seconds.
@@ -38,6 +40,7 @@ impl Default for Metrics {
             postponed: Counter::default(),
             dead_lettered: Counter::default(),
             lease_lost: Counter::default(),
+            claims: Counter::default(),
             pending: Gauge::default(),
             // 0.5 ms to about 70 s: precision matters at the low end, outages show at the top.
             lateness: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
@@ -83,6 +86,11 @@ impl Metrics {
             "jobs_lease_lost",
             "Fired jobs moved, cancelled or taken over before their completion",
             metrics.lease_lost.clone(),
+        );
+        registry.register(
+            "jobs_claim_calls",
+            "Claim calls made to Redis, whatever they found",
+            metrics.claims.clone(),
         );
         registry.register(
             "jobs_pending",

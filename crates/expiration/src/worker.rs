@@ -272,6 +272,7 @@ impl<H: JobHandler> Worker<H> {
                         }
                     };
                     pause = Duration::from_millis(50);
+                    context.metrics.claims.inc();
                     context.metrics.pending.set(claim.pending as i64);
                     if claim.reclaimed > 0 {
                         tracing::warn!(
@@ -284,7 +285,10 @@ impl<H: JobHandler> Worker<H> {
                     if full {
                         // More is due: whatever rest an earlier claim (or failure) set is over.
                         idle = None;
-                    } else if claims.is_empty() {
+                    } else {
+                        // Nothing more is due now. The rest starts once the other claim in
+                        // flight (if any) is back; without it, two claims would keep replacing
+                        // each other on an empty queue.
                         idle = Some(
                             claim
                                 .next_in()

@@ -12,12 +12,6 @@ local due, leased, jobs, seq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The lease expiry is the claim's token: complete and retry act only on a job whose lease score
--- still equals it. It only ever increases (seq keeps the last one), so no two claims share it,
--- even within one millisecond or after the clock stepped back.
--- Kept as a string: a Lua number would be formatted again for every job's ZADD.
-local token = string.format('%d',
-  math.max(now + tonumber(ARGV[2]), tonumber(redis.call('GET', seq) or '0') + 1))
 -- Expired leases first: their holder died, and they have waited longest.
 local ids = redis.call('ZRANGEBYSCORE', leased, '-inf', now, 'LIMIT', 0, limit)
 local reclaimed = #ids
@@ -31,6 +25,12 @@ if #ids < limit then
 end
 local result = {t[1], t[2], 0, -1, 0, reclaimed}
 if #ids > 0 then
+  -- The lease expiry is the claim's token: complete and retry act only on a job whose lease
+  -- score still equals it. It only ever increases (seq keeps the last one), so no two claims
+  -- share it, even within one millisecond or after the clock stepped back. Kept as a string: a
+  -- Lua number would be formatted again for every job's ZADD.
+  local token = string.format('%d',
+    math.max(now + tonumber(ARGV[2]), tonumber(redis.call('GET', seq) or '0') + 1))
   redis.call('SET', seq, token)
   local records = redis.call('HMGET', jobs, unpack(ids))
   local zadd = {}

@@ -16,7 +16,7 @@ local known = {}
 if redis.call('EXISTS', versions) == 1 then known = redis.call('HMGET', versions, unpack(ids)) end
 -- What this call has already written, so that an id twice in one batch behaves as two calls.
 local written, written_version = {}, {}
-local zadd, hset, vset, vdel, unlease, revived = {}, {}, {}, {}, {}, {}
+local zadd, hset, vset, unlease, revived = {}, {}, {}, {}, {}
 local added, moved, unchanged, skipped, stale = 0, 0, 0, 0, 0
 local outcomes = {}
 for i = 1, n do
@@ -38,6 +38,12 @@ for i = 1, n do
   elseif old and old_due == at then
     unchanged = unchanged + 1
     outcomes[i] = 'u'
+    -- A newer version with the same due time changes nothing but the version to respect.
+    if version > old_version then
+      written_version[id] = version
+      vset[#vset + 1] = id
+      vset[#vset + 1] = ARGV[3 * i + 1]
+    end
   else
     if old then
       moved = moved + 1
@@ -56,11 +62,10 @@ for i = 1, n do
     zadd[#zadd + 1] = id
     hset[#hset + 1] = id
     hset[#hset + 1] = value
+    -- Below it, a version can only be 0 over 0 (a lower one is stale): nothing to store.
     if version > 0 then
       vset[#vset + 1] = id
       vset[#vset + 1] = ARGV[3 * i + 1]
-    elseif old_version > 0 or not old then
-      vdel[#vdel + 1] = id
     end
   end
 end
@@ -69,7 +74,6 @@ if #zadd > 0 then
   redis.call('HSET', jobs, unpack(hset))
 end
 if #vset > 0 then redis.call('HSET', versions, unpack(vset)) end
-if #vdel > 0 and #known > 0 then redis.call('HDEL', versions, unpack(vdel)) end
 if #unlease > 0 then redis.call('ZREM', leased, unpack(unlease)) end
 if #revived > 0 then redis.call('HDEL', dead, unpack(revived)) end
 local woke = 0

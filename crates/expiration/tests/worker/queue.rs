@@ -70,6 +70,17 @@ async fn scheduling_is_keyed_the_same_due_time_changes_nothing_and_a_new_one_mov
 async fn an_older_version_never_undoes_a_newer_one() {
     let queue = test_queue().await;
     let (first, moved) = (now_ms() + 60_000, now_ms() + 120_000);
+    // A newer version with an unchanged due time is respected all the same.
+    queue.schedule_versioned("same", first, 0).await.unwrap();
+    let unchanged = queue.schedule_versioned("same", first, 2).await.unwrap();
+    assert_eq!(unchanged.unchanged, 1);
+    let late = queue.schedule_versioned("same", moved, 1).await.unwrap();
+    assert_eq!(
+        (late.stale, late.moved),
+        (1, 0),
+        "version 2 is the last word"
+    );
+    queue.cancel(&["same"]).await.unwrap();
     let newer = queue.schedule_versioned("order", moved, 1).await.unwrap();
     assert_eq!(newer.added, 1);
     // The version-0 order:created handled after its version-1 move (redelivered, or handled
@@ -471,6 +482,54 @@ impl JobHandler for Recorder {
         let _ = self.0.send((job.id.clone(), job.due_ms, now_ms()));
         Ok(())
     }
+}
+
+/// Records each fire after a short publish-like delay.
+struct Slow(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl JobHandler for Slow {
+    async fn fire(&self, job: &Job) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _ = self.0.send(job.id.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn once_a_burst_is_drained_the_worker_rests_instead_of_claiming_again_and_again() {
+    let queue = test_queue().await;
+    let past = now_ms() - 10;
+    let jobs: Vec<(String, i64)> = (0..3000).map(|n| (format!("job-{n}"), past)).collect();
+    queue.schedule_many(&jobs).await.unwrap();
+    let (fired, mut fires) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = Metrics::default();
+    let options = WorkerOptions {
+        // Claims of up to 100; fires that take a while free the room a bit at a time, so two
+        // claims are in flight at once, up to the end of the burst.
+        concurrency: 50,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(queue.clone(), Slow(fired), options, metrics.clone());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    for _ in 0..3000 {
+        tokio::time::timeout(Duration::from_secs(20), fires.recv())
+            .await
+            .expect("every job fires")
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = metrics.claims.get();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let idle_claims = metrics.claims.get() - before;
+    // Nothing is due: a claim per max_idle (1 s) is the safety net, nothing more.
+    assert!(
+        idle_claims <= 3,
+        "{idle_claims} claims in 1.5 s of an empty queue"
+    );
+    shutdown.cancel();
+    running.await.unwrap();
+    queue.delete().await.unwrap();
 }
 
 #[tokio::test]
