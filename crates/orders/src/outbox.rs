@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::bus::{PublishError, Publisher};
+use common::bus::{Backoff, PublishError, Publisher};
 use common::telemetry::ErrorChain;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,9 @@ enum Fresh {
 
 /// How often waiting marks are written: at most this long after the first of a batch.
 const MARKS_BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Longest one write of marks may take before it is tried again.
+const MARKS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When the relay makes its passes.
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +293,11 @@ impl Outbox {
 
 /// Writes the marks of published entries in batches, until `stop`; then the last ones.
 async fn write_marks(published: PublishedEvents, stop: CancellationToken) {
-    let mut pause = Duration::from_millis(100);
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+    };
+    let mut failures = 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -298,19 +305,30 @@ async fn write_marks(published: PublishedEvents, stop: CancellationToken) {
         }
         // Let the marks of a few more requests join the batch.
         tokio::time::sleep(MARKS_BATCH_WINDOW).await;
-        match published.write_marks().await {
-            Ok(_) => pause = Duration::from_millis(100),
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), ?pause, "cannot write published marks yet");
+        match write_marks_within(&published, MARKS_WRITE_TIMEOUT).await {
+            Ok(_) => failures = 0,
+            Err(error) => {
+                failures += 1;
+                let pause = backoff.delay(failures);
+                tracing::warn!(%error, ?pause, "cannot write published marks yet");
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(pause) => {}
                 }
-                pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
     }
-    if let Err(e) = tokio::time::timeout(FINAL_FLUSH, published.write_marks()).await {
-        tracing::warn!(error = %e, "published marks left unwritten at shutdown; their events are published again at the next start");
+    if let Err(error) = write_marks_within(&published, FINAL_FLUSH).await {
+        tracing::warn!(%error, "published marks left unwritten at shutdown; their events are published again at the next start");
+    }
+}
+
+/// One batch of marks, within `limit`: a database that stopped answering must not hold the
+/// writing lock, which `forget` waits for, forever. A batch cut short stays waiting.
+async fn write_marks_within(published: &PublishedEvents, limit: Duration) -> Result<usize, String> {
+    match tokio::time::timeout(limit, published.write_marks()).await {
+        Ok(Ok(written)) => Ok(written),
+        Ok(Err(e)) => Err(ErrorChain(&e).to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
