@@ -891,6 +891,39 @@ async fn many_publishes_wait_for_their_own_acks_at_once() {
 }
 
 #[tokio::test]
+async fn on_streaming_a_listener_subscribes_as_the_course_listener_does() {
+    let under = TestBus::new(Transport::Streaming).await;
+    // Published before anyone listens: "deliver all available" hands it over.
+    under.publish(&expiration(1)).await;
+    let recorder = Arc::new(Recorder::default());
+    let defaults = ListenerOptions::new(under.spec().clone());
+    let (shutdown, task) = start(&under, recorder.clone(), defaults);
+    eventually(Duration::from_secs(10), "the earlier event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    let TestBus::Streaming(channels) = &under else {
+        unreachable!()
+    };
+    let members = channels
+        .subscriptions(Subject::ExpirationComplete, Recorder::QUEUE_GROUP)
+        .await;
+    assert_eq!(members.len(), 1, "{members:?}");
+    let member = &members[0];
+    // Durable name = queue group ("test-service:test-service"), ack wait 5 s, 32 unacked.
+    assert_eq!(
+        (
+            member["is_durable"].as_bool(),
+            member["ack_wait"].as_u64(),
+            member["max_inflight"].as_u64()
+        ),
+        (Some(true), Some(5), Some(32)),
+        "{member}"
+    );
+    finish(under, shutdown, task).await;
+}
+
+#[tokio::test]
 async fn a_client_id_whose_holder_is_gone_is_taken_over() {
     let url = common::testing::stan_url();
     let id = common::testing::unique_name("pod");

@@ -123,10 +123,23 @@ impl TestBus {
         }
     }
 
-    /// Waits (up to 5 s) until every message of `subject` handed to `group` is acked.
+    /// Waits (up to 5 s) until every message of `subject` handed to `group` is acked; on
+    /// JetStream, also that the group's consumer exists and has nothing left to deliver.
     pub async fn all_acked(&self, subject: Subject, group: &str) {
         eventually(Duration::from_secs(5), "every message acked", || async {
-            self.pending_acks(subject, group).await == 0
+            match self {
+                TestBus::JetStream(stream) => {
+                    let name = consumer_name(group, subject);
+                    match stream.js.get_stream(&stream.spec.name).await {
+                        Ok(js_stream) => js_stream
+                            .consumer_info(name)
+                            .await
+                            .is_ok_and(|info| (info.num_ack_pending, info.num_pending) == (0, 0)),
+                        Err(_) => false,
+                    }
+                }
+                TestBus::Streaming(channels) => channels.pending(subject, group).await == 0,
+            }
         })
         .await;
     }

@@ -102,6 +102,17 @@ impl TestChannels {
     /// Messages sent to the members of durable queue group `group` on `subject`'s channel and
     /// not acked yet, as the server's monitoring endpoint (`STAN_MONITOR_URL`) reports them.
     pub async fn pending(&self, subject: Subject, group: &str) -> u64 {
+        self.subscriptions(subject, group)
+            .await
+            .iter()
+            .filter_map(|sub| sub["pending_count"].as_u64())
+            .sum()
+    }
+
+    /// The members of durable queue group `group` on `subject`'s channel, as the server's
+    /// monitoring endpoint (`STAN_MONITOR_URL`) describes them (`is_durable`, `max_inflight`,
+    /// `ack_wait` in seconds, `pending_count`, ...).
+    pub async fn subscriptions(&self, subject: Subject, group: &str) -> Vec<serde_json::Value> {
         let path = format!(
             "/streaming/channelsz?channel={}&subs=1",
             self.spec.subject(subject)
@@ -116,10 +127,10 @@ impl TestChannels {
                 subscriptions
                     .iter()
                     .filter(|sub| sub["queue_name"] == queue.as_str())
-                    .filter_map(|sub| sub["pending_count"].as_u64())
-                    .sum()
+                    .cloned()
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// Starts logging every message of the six channels, from their first, with the server's

@@ -97,7 +97,10 @@ impl Connection {
             q_group: spec.queue_group.clone(),
             inbox,
             max_in_flight: i32::try_from(spec.max_in_flight.max(1)).unwrap_or(i32::MAX),
-            ack_wait_in_secs: i32::try_from(spec.ack_wait.as_secs().max(1)).unwrap_or(i32::MAX),
+            // Rounded up: the handler's time limit is a share of the unrounded ack wait, and a
+            // shorter wait on the server would redeliver a message still in hand.
+            ack_wait_in_secs: i32::try_from(spec.ack_wait.as_secs_f64().ceil().max(1.0) as u64)
+                .unwrap_or(i32::MAX),
             durable_name: spec.queue_group.clone(),
             start_position: proto::StartPosition::First as i32,
             start_sequence: 0,
