@@ -374,8 +374,8 @@ impl<H: JobHandler> Context<H> {
     }
 }
 
-/// A claimed job with what it needs to be fired: its claim (for lateness) and its share of the
-/// room the claim held.
+/// A claimed job with what it needs to be fired: its claim (for lateness; its jobs taken out)
+/// and its share of the room the claim held.
 struct Claimed {
     claim: Arc<Claim>,
     job: Job,
@@ -383,14 +383,13 @@ struct Claimed {
 }
 
 /// Splits a claim's room among its jobs; the room it did not fill is free again.
-fn take_jobs(claim: Claim, mut room: OwnedSemaphorePermit) -> Vec<Claimed> {
+fn take_jobs(mut claim: Claim, mut room: OwnedSemaphorePermit) -> Vec<Claimed> {
+    let jobs = std::mem::take(&mut claim.jobs);
     let claim = Arc::new(claim);
-    claim
-        .jobs
-        .iter()
+    jobs.into_iter()
         .map(|job| Claimed {
             claim: claim.clone(),
-            job: job.clone(),
+            job,
             room: room.split(1).expect("a claim takes no more than its room"),
         })
         .collect()

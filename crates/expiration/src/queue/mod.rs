@@ -117,6 +117,21 @@ struct Keys {
     wake: String,
 }
 
+impl Keys {
+    /// Every key of the queue (the wake channel is not a key).
+    fn all(&self) -> [&str; 7] {
+        [
+            &self.due,
+            &self.leased,
+            &self.jobs,
+            &self.dead,
+            &self.cancelled,
+            &self.versions,
+            &self.seq,
+        ]
+    }
+}
+
 struct Scripts {
     schedule: Script,
     claim: Script,
@@ -161,6 +176,18 @@ struct Request {
     reply: oneshot::Sender<Result<Scheduled, QueueError>>,
 }
 
+impl NewJob for Request {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn due_ms(&self) -> i64 {
+        self.due_ms
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
 /// What one schedule call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Scheduled {
@@ -176,6 +203,19 @@ pub struct Scheduled {
     pub skipped: u64,
     /// Jobs scheduled already by a newer version: left alone.
     pub stale: u64,
+}
+
+impl std::iter::Sum for Scheduled {
+    fn sum<I: Iterator<Item = Scheduled>>(all: I) -> Scheduled {
+        all.fold(Scheduled::default(), |total, one| Scheduled {
+            added: total.added + one.added,
+            moved: total.moved + one.moved,
+            unchanged: total.unchanged + one.unchanged,
+            woke: total.woke || one.woke,
+            skipped: total.skipped + one.skipped,
+            stale: total.stale + one.stale,
+        })
+    }
 }
 
 /// One job to schedule: `(id, due_ms)`, or `(id, due_ms, version)` where a job scheduled with
@@ -418,15 +458,11 @@ impl Queue {
         let calls = jobs
             .chunks(MAX_BATCH)
             .map(|chunk| schedule_call(&self.conn, &self.keys, &self.scripts, chunk));
-        let mut total = Scheduled::default();
-        for (scheduled, _) in futures::future::try_join_all(calls).await? {
-            total.added += scheduled.added;
-            total.moved += scheduled.moved;
-            total.unchanged += scheduled.unchanged;
-            total.woke |= scheduled.woke;
-            total.skipped += scheduled.skipped;
-            total.stale += scheduled.stale;
-        }
+        let total: Scheduled = futures::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .sum();
         if total.woke {
             self.wake_local();
         }
@@ -618,13 +654,7 @@ impl Queue {
         let mut conn = self.conn.clone();
         let keys = &self.keys;
         redis::cmd("DEL")
-            .arg(&keys.due)
-            .arg(&keys.leased)
-            .arg(&keys.jobs)
-            .arg(&keys.dead)
-            .arg(&keys.cancelled)
-            .arg(&keys.versions)
-            .arg(&keys.seq)
+            .arg(&keys.all()[..])
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -676,14 +706,14 @@ impl Queue {
     }
 }
 
-/// One schedule script call for at most [`MAX_BATCH`] jobs: the totals, and each job's outcome
-/// as a [`Scheduled`] of its own (with the call's `woke`).
+/// One schedule script call for at most [`MAX_BATCH`] jobs: each job's outcome as a [`Scheduled`]
+/// of its own (with the call's `woke`). Their sum is the call's.
 async fn schedule_call<J: NewJob>(
     conn: &ConnectionManager,
     keys: &Keys,
     scripts: &Scripts,
     chunk: &[J],
-) -> Result<(Scheduled, Vec<Scheduled>), QueueError> {
+) -> Result<Vec<Scheduled>, QueueError> {
     let mut invocation = scripts.schedule.prepare_invoke();
     invocation
         .key(&keys.due)
@@ -700,9 +730,7 @@ async fn schedule_call<J: NewJob>(
             .arg(job.version());
     }
     let mut conn = conn.clone();
-    let (added, moved, unchanged, woke, skipped, stale, outcomes) = invocation
-        .invoke_async::<(u64, u64, u64, u8, u64, u64, String)>(&mut conn)
-        .await?;
+    let (woke, outcomes) = invocation.invoke_async::<(u8, String)>(&mut conn).await?;
     let woke = woke == 1;
     let each = outcomes
         .chars()
@@ -733,15 +761,7 @@ async fn schedule_call<J: NewJob>(
             chunk.len()
         )));
     }
-    let total = Scheduled {
-        added,
-        moved,
-        unchanged,
-        woke,
-        skipped,
-        stale,
-    };
-    Ok((total, each))
+    Ok(each)
 }
 
 /// Serves [`Queue::schedule_versioned`]: one script call at a time, each taking every request
@@ -755,15 +775,9 @@ async fn batch_schedules(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let jobs: Vec<(&str, i64, u64)> = batch
-            .iter()
-            .map(|r| (r.id.as_str(), r.due_ms, r.version))
-            .collect();
-        let result = schedule_call(&conn, &keys, &scripts, &jobs).await;
-        drop(jobs);
-        match result {
-            Ok((total, each)) => {
-                if total.woke {
+        match schedule_call(&conn, &keys, &scripts, &batch).await {
+            Ok(each) => {
+                if each.first().is_some_and(|one| one.woke) {
                     wake.notify_one();
                 }
                 for (request, scheduled) in batch.drain(..).zip(each) {

@@ -1,9 +1,8 @@
 -- schedule: add or move keyed jobs. See the module documentation for the data layout.
 -- KEYS: due, leased, jobs, dead, cancelled, versions.
 -- ARGV: wake channel, then (id, due_ms, version) triples.
--- Returns {added, moved, unchanged, woke, skipped, stale, outcomes}; skipped ids were cancelled
--- already, stale ones came with an older version than the one that scheduled the job; outcomes
--- has a letter per job, in order: a(dded), m(oved), u(nchanged), s(kipped), o(lder version).
+-- Returns {woke, outcomes}: outcomes has a letter per job, in order: a(dded), m(oved),
+-- u(nchanged), s(kipped: cancelled already), o(lder version than the one that scheduled it).
 local due, leased, jobs, dead, cancelled, versions = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local n = (#ARGV - 1) / 3
 local ids = {}
@@ -17,7 +16,6 @@ if redis.call('EXISTS', versions) == 1 then known = redis.call('HMGET', versions
 -- What this call has already written, so that an id twice in one batch behaves as two calls.
 local written, written_version = {}, {}
 local zadd, hset, vset, unlease, revived = {}, {}, {}, {}, {}
-local added, moved, unchanged, skipped, stale = 0, 0, 0, 0, 0
 local outcomes = {}
 for i = 1, n do
   local id, at, version = ids[i], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
@@ -29,14 +27,11 @@ for i = 1, n do
   end
   if gone[i] then
     -- The cancellation overtook the creation (they travel on separate consumers).
-    skipped = skipped + 1
     outcomes[i] = 's'
   elseif old and version < old_version then
     -- An older order:created handled after a newer one (redelivered, or handled concurrently).
-    stale = stale + 1
     outcomes[i] = 'o'
   elseif old and old_due == at then
-    unchanged = unchanged + 1
     outcomes[i] = 'u'
     -- A newer version with the same due time changes nothing but the version to respect.
     if version > old_version then
@@ -46,13 +41,11 @@ for i = 1, n do
     end
   else
     if old then
-      moved = moved + 1
       outcomes[i] = 'm'
       -- Possibly leased (firing right now): the new due wins; the old holder's complete and
       -- retry no longer find their lease.
       unlease[#unlease + 1] = id
     else
-      added = added + 1
       outcomes[i] = 'a'
       revived[#revived + 1] = id
     end
@@ -82,4 +75,4 @@ if after[1] and (not before[1] or tonumber(after[2]) < tonumber(before[2])) then
   redis.call('PUBLISH', ARGV[1], after[2])
   woke = 1
 end
-return {added, moved, unchanged, woke, skipped, stale, table.concat(outcomes)}
+return {woke, table.concat(outcomes)}
