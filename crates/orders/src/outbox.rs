@@ -190,19 +190,19 @@ impl Outbox {
         let mut published = 0;
         let mut after = None;
         loop {
-            let orders = self.orders.with_outbox(after, BATCH).await?;
-            for order in &orders {
-                // The batch may be old by now: a request or listener may have published this
-                // order's events and emptied its outbox meanwhile (forgetting their marks), and
-                // flushing the old copy would publish them again (JetStream drops such a copy by
-                // its message id; NATS Streaming would deliver it). Flush the order as it is now.
-                let Some(current) = self.orders.get(order.id).await? else {
+            let ids = self.orders.with_outbox(after, BATCH).await?;
+            for &id in &ids {
+                // Read when its turn comes, not with the batch: a request or listener may have
+                // published this order's events and emptied its outbox meanwhile (forgetting
+                // their marks), and flushing an older copy would publish them again (JetStream
+                // drops such a copy by its message id; NATS Streaming would deliver it).
+                let Some(current) = self.orders.get(id).await? else {
                     continue;
                 };
                 published += self.flush(&current).await?;
             }
-            match orders.last() {
-                Some(last) if orders.len() as i64 == BATCH => after = Some(last.id),
+            match ids.last() {
+                Some(&last) if ids.len() as i64 == BATCH => after = Some(last),
                 _ => return Ok(published),
             }
         }

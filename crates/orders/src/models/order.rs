@@ -370,24 +370,31 @@ impl Orders {
         Ok(())
     }
 
-    /// Up to `limit` orders holding outbox entries, in `_id` order after `after`.
+    /// The ids of up to `limit` orders with outbox entries, after `after`, in id order. Only the
+    /// ids: the relay reads each order as it is when it reaches it.
     pub async fn with_outbox(
         &self,
         after: Option<ObjectId>,
         limit: i64,
-    ) -> Result<Vec<Order>, StoreError> {
+    ) -> Result<Vec<ObjectId>, StoreError> {
         let filter = match after {
             Some(after) => doc! { "outbox.id": { "$exists": true }, "_id": { "$gt": after } },
             None => doc! { "outbox.id": { "$exists": true } },
         };
-        Ok(self
+        let ids: Vec<Document> = self
             .collection
+            .clone_with_type::<Document>()
             .find(filter)
+            .projection(doc! { "_id": 1 })
             .sort(doc! { "_id": 1 })
             .limit(limit)
             .await?
             .try_collect()
-            .await?)
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| id.get_object_id("_id").ok())
+            .collect())
     }
 }
 
