@@ -61,10 +61,7 @@ async fn kill_mid_run(
     tokio::time::sleep(Duration::from_millis(700)).await;
     killed.restart().await.unwrap();
     let deadline = until(last_expiry(&placed), Duration::from_secs(30));
-    let republish = match transport {
-        Transport::JetStream => Republish::Never,
-        Transport::Streaming => Republish::Counted,
-    };
+    let republish = Republish::on(transport);
     let expired = assert_expired_once(&world.log, &placed, deadline, republish).await;
     println!("200 orders, {transport}, {victim:?} SIGKILLed and restarted mid-run: {expired}");
     drop((orders, expiration));
@@ -159,10 +156,7 @@ async fn restart_broker_mid_run<S: SpeaksNats>(transport: Transport, name: &str)
     let log = world.bus.log().await;
     // JetStream drops a re-publish by its message id; NATS Streaming stores a publish whose ack
     // the restart lost a second time when it is sent again.
-    let republish = match transport {
-        Transport::JetStream => Republish::Never,
-        Transport::Streaming => Republish::Counted,
-    };
+    let republish = Republish::on(transport);
     let expired = assert_expired_once(
         &log,
         &placed,

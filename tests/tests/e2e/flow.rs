@@ -159,10 +159,7 @@ async fn two_replicas_of_each(transport: Transport) {
     // ack wait (a database slowed by the load) goes to the other replica too, and both may
     // publish the order's cancellation. Copies are allowed there and counted; the order still
     // changes once.
-    let republish = match transport {
-        Transport::JetStream => Republish::Never,
-        Transport::Streaming => Republish::Counted,
-    };
+    let republish = Republish::on(transport);
     let expired = assert_expired_once(
         &world.log,
         &placed,

@@ -119,6 +119,17 @@ pub enum Republish {
     Counted,
 }
 
+impl Republish {
+    /// What a run with a crash (or a second replica) may see on `transport`: JetStream drops a
+    /// re-publish by its message id, NATS Streaming stores it again.
+    pub fn on(transport: common::bus::Transport) -> Self {
+        match transport {
+            common::bus::Transport::JetStream => Republish::Never,
+            common::bus::Transport::Streaming => Republish::Counted,
+        }
+    }
+}
+
 /// Waits until every unpaid order has been cancelled, then checks the guarantees: one
 /// `order:created` (version 0) per order, exactly one `order:cancelled` (version 1) per unpaid
 /// order and none for paid ones, nothing earlier than `expiresAt`. Returns the expiry latency

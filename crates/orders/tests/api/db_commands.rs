@@ -147,11 +147,7 @@ async fn each_route_and_listener_sends_the_fewest_database_commands_its_guarante
 
     // A second order, paid, then cancelled by its buyer: DELETE of a complete order is refused,
     // so cancel a third one instead.
-    let paid_ticket = app.ticket("opera", 12.5).await;
-    let paid = app.order_ticket(&cookie, &paid_ticket.id).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let paid = app.open_order(&cookie, "opera").await;
     let payment = cost(&app, async {
         app.stream
             .publish(&PaymentCreated {
@@ -165,11 +161,7 @@ async fn each_route_and_listener_sends_the_fewest_database_commands_its_guarante
     .await;
     table.push(("listener payment:created (completes)", payment));
 
-    let third = app.ticket("ballet", 30.0).await;
-    let third_id = app.order_ticket(&cookie, &third.id).await.json()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let third_id = app.open_order(&cookie, "ballet").await;
     let delete = cost(&app, async {
         let answer = app
             .delete(&format!("/api/orders/{third_id}"), &cookie)

@@ -164,6 +164,14 @@ impl TestApp {
         order_ticket(self.port, cookie, ticket_id).await
     }
 
+    /// Reserves a fresh ticket titled `title` for the buyer of `cookie`; returns the order id.
+    pub async fn open_order(&self, cookie: &str, title: &str) -> String {
+        let ticket = self.ticket(title, 20.0).await;
+        let answer = self.order_ticket(cookie, &ticket.id).await;
+        assert_eq!(answer.status, http::StatusCode::CREATED, "{}", answer.body);
+        answer.json()["id"].as_str().unwrap().to_owned()
+    }
+
     /// Waits until the service's consumer of `subject` has acknowledged everything on it.
     pub async fn wait_until_acked(&self, subject: Subject) {
         let stream = self

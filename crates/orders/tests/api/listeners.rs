@@ -33,13 +33,10 @@ fn updated(id: ObjectId, version: u64, title: &str, price: f64) -> TicketUpdated
     }
 }
 
-/// Places an order for a fresh ticket; returns the order id and the cookie.
+/// Places an order for a fresh ticket by a new buyer; returns the order id and the cookie.
 async fn open_order(app: &TestApp) -> (String, String) {
     let (cookie, _) = signed_in();
-    let ticket = app.ticket("concert", 20.0).await;
-    let answer = app.order_ticket(&cookie, &ticket.id).await;
-    assert_eq!(answer.status, StatusCode::CREATED);
-    (answer.json()["id"].as_str().unwrap().to_owned(), cookie)
+    (app.open_order(&cookie, "concert").await, cookie)
 }
 
 fn payment(order_id: &str) -> PaymentCreated {

@@ -17,21 +17,13 @@ use super::helpers::{JWT_SECRET, TestApp, full_env, order_ticket, signed_in};
 const ROUNDS: usize = 20;
 const WRITERS: usize = 20;
 
-/// Places an order for a fresh ticket; returns its id.
-async fn open_order(app: &TestApp, cookie: &str) -> String {
-    let ticket = app.ticket("contested", 20.0).await;
-    let answer = app.order_ticket(cookie, &ticket.id).await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
-    answer.json()["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_twenty_concurrent_changes_to_one_order_exactly_one_wins_every_time() {
     let app = TestApp::spawn().await;
     let (cookie, _) = signed_in();
     let mut winners_per_round = Vec::new();
     for round in 0..ROUNDS {
-        let id = open_order(&app, &cookie).await;
+        let id = app.open_order(&cookie, "contested").await;
         // Every writer read the order before any of them wrote, as racing requests do.
         let read = app.order(&id).await;
         let writers = (0..WRITERS).map(|writer| {
@@ -83,7 +75,7 @@ async fn payments_expiries_and_deletes_racing_for_one_order_leave_one_outcome_an
     let (cookie, _) = signed_in();
     let mut outcomes = Vec::new();
     for round in 0..ROUNDS {
-        let id = open_order(&app, &cookie).await;
+        let id = app.open_order(&cookie, "contested").await;
         let path = format!("/api/orders/{id}");
         // A third of each; each event published under a message id of its own, as redeliveries.
         let racers = (0..WRITERS).map(|racer| {
