@@ -260,14 +260,18 @@ fn first_line(error: &clap::Error) -> String {
         .to_owned()
 }
 
-/// The URL with any `user:password@` replaced, for logs and error messages; anything else as is.
+/// The URL (or each URL of a comma-separated list) with any `user:password@` replaced, for logs
+/// and error messages; anything else as is.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}<redacted>{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    url.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                format!("{}<redacted>{}", &url[..scheme_end + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Why a value did not parse: the text after "expected".
@@ -465,6 +469,10 @@ mod tests {
 
     #[test]
     fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:pw@a:1,redis://:pw@b:2"),
+            "redis://<redacted>@a:1,redis://<redacted>@b:2"
+        );
         assert_eq!(
             redact_url("mongodb://admin:hunter2@h:1/orders"),
             "mongodb://<redacted>@h:1/orders"

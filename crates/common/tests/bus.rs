@@ -669,6 +669,7 @@ async fn ensure_stream_adds_missing_subjects_to_a_stream_another_service_created
     let spec = common::bus::StreamSpec {
         name: format!("{}-other", stream.spec.name),
         subject_prefix: format!("{}other.", stream.spec.subject_prefix),
+        replicas: 1,
     };
     // The tickets service got there first, with its own subjects only.
     stream
@@ -709,6 +710,7 @@ async fn a_new_stream_whose_subjects_another_stream_holds_names_that_stream_and_
     let renamed = common::bus::StreamSpec {
         name: format!("{}-renamed", stream.spec.name),
         subject_prefix: stream.spec.subject_prefix.clone(),
+        replicas: 1,
     };
     let error = common::bus::ensure_stream(&stream.js, &renamed)
         .await
@@ -1073,4 +1075,52 @@ async fn a_frozen_broker_is_noticed_by_the_pings_and_the_bus_recovers_once_it_an
     println!("frozen broker noticed after {noticed:?}");
     finish(under, shutdown, task).await;
     bus.close().await;
+}
+
+#[tokio::test]
+async fn a_list_of_servers_is_tried_in_turn_when_the_first_does_not_answer() {
+    let dead = format!("nats://127.0.0.1:{}", common::testing::free_port());
+    let urls = format!("{dead},{}", common::testing::nats_url());
+    let name = common::testing::unique_name("list");
+    let prefix = format!("{name}.");
+    let bus = Bus::connect(
+        &nats_config(&[
+            ("NATS_URL", &urls),
+            ("NATS_TRANSPORT", "jetstream"),
+            ("NATS_CLUSTER_ID", &name),
+            ("NATS_SUBJECT_PREFIX", &prefix),
+        ]),
+        "test",
+    )
+    .await
+    .expect("the second server of the list answers");
+    assert_eq!(bus.check()().await, Ok(()));
+    let _ = async_nats::jetstream::new(bus.client().clone())
+        .delete_stream(&name)
+        .await;
+    bus.close().await;
+}
+
+#[tokio::test]
+async fn an_existing_stream_with_other_replicas_is_reported_and_left_as_it_is() {
+    let stream = TestStream::new().await;
+    // One server cannot hold three replicas: asking for them must not touch the stream.
+    let wanted = common::bus::StreamSpec {
+        replicas: 3,
+        ..stream.spec.clone()
+    };
+    let setup = common::bus::ensure_stream(&stream.js, &wanted)
+        .await
+        .unwrap();
+    assert_eq!(setup, common::bus::StreamSetup::Existing { replicas: 1 });
+    let info = stream
+        .js
+        .get_stream(&stream.spec.name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.config.num_replicas, 1);
+    stream.delete().await;
 }

@@ -105,6 +105,7 @@ impl From<Cli> for Args {
                     StreamSpec {
                         name: cli.nats_cluster_id,
                         subject_prefix: cli.nats_subject_prefix,
+                        replicas: 1,
                     },
                 )
             }),

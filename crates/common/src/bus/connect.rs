@@ -41,6 +41,9 @@ pub struct NatsConfig {
         default_value = ""
     )]
     pub subject_prefix: String,
+    /// JetStream: replicas of the stream when a service creates it (1, or 3 on a three-server cluster); an existing stream is left as it is, a difference logged
+    #[arg(id = "nats_stream_replicas", value_name = "N", long = "nats-stream-replicas", env = "NATS_STREAM_REPLICAS", default_value = "1", value_parser = stream_replicas)]
+    pub stream_replicas: usize,
     /// Deliveries after which an event a listener still cannot apply is given up (logged, counted as events_handled{outcome="gave_up"}); dependency outages do not count
     #[arg(id = "listener_max_deliveries", value_name = "N", long = "listener-max-deliveries", env = "LISTENER_MAX_DELIVERIES", default_value = "20", value_parser = crate::config::parse::positive::<u64>)]
     pub max_deliveries: u64,
@@ -57,14 +60,17 @@ pub struct StreamSpec {
     pub name: String,
     /// Put before every subject (`NATS_SUBJECT_PREFIX`, default empty).
     pub subject_prefix: String,
+    /// Replicas of the stream when we create it (`NATS_STREAM_REPLICAS`, default 1).
+    pub replicas: usize,
 }
 
 impl StreamSpec {
-    /// The stream `name` with the Node stack's subjects.
+    /// The stream `name` with the Node stack's subjects, one replica.
     pub fn new(name: impl Into<String>) -> Self {
         StreamSpec {
             name: name.into(),
             subject_prefix: String::new(),
+            replicas: 1,
         }
     }
 
@@ -80,6 +86,7 @@ impl NatsConfig {
         StreamSpec {
             name: self.cluster_id.clone(),
             subject_prefix: self.subject_prefix.clone(),
+            replicas: self.stream_replicas,
         }
     }
 
@@ -166,6 +173,23 @@ pub fn normalize_url(url: &str) -> Result<String, Expected> {
     Ok(servers.join(","))
 }
 
+/// JetStream allows 1 to 5 replicas of a stream.
+fn stream_replicas(value: &str) -> Result<usize, Expected> {
+    match value.trim().parse() {
+        Ok(replicas @ 1..=5) => Ok(replicas),
+        _ => Err(Expected("a number of replicas from 1 to 5".into())),
+    }
+}
+
+/// The servers of a comma-separated list, for the client (which reads a single string as one
+/// server): it tries them in turn and learns the rest of a cluster from the first it reaches.
+pub fn servers(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 /// How often the client pings the server; two unanswered pings mark the connection dead.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -178,7 +202,7 @@ pub async fn connect(config: &NatsConfig, service: &str) -> Result<async_nats::C
         // A server that stopped answering (frozen, or cut off) is left for another, or
         // reconnected to, after two unanswered pings rather than the default two minutes.
         .ping_interval(PING_INTERVAL)
-        .connect(config.url.as_str())
+        .connect(servers(&config.url))
         .await
         .map_err(|source| BusError::Connect {
             url: redact_url(&config.url),
@@ -212,9 +236,24 @@ pub fn connection_check(
 /// How long JetStream remembers message ids to drop duplicates, for streams we create.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// What [`ensure_stream`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSetup {
+    /// We created it, with the replicas asked for.
+    Created,
+    /// It existed (its missing subjects, if any, were added); with this many replicas, which
+    /// are never changed here.
+    Existing { replicas: usize },
+}
+
 /// Makes sure the stream exists and holds all six subjects. Another service may have created it
-/// first, with only its own subjects: the missing ones are added, nothing is removed.
-pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result<(), BusError> {
+/// first, with only its own subjects: the missing ones are added, nothing is removed. A stream
+/// we create gets `spec.replicas`; an existing one with other replicas is reported (logged) and
+/// left alone, since changing replicas moves its data and is the operator's decision.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    spec: &StreamSpec,
+) -> Result<StreamSetup, BusError> {
     let name = spec.name.as_str();
     let subjects: Vec<String> = Subject::ALL
         .iter()
@@ -229,13 +268,25 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
         match js.get_stream(name).await {
             Ok(existing) => {
                 let mut config = existing.cached_info().config.clone();
+                let setup = StreamSetup::Existing {
+                    replicas: config.num_replicas.max(1),
+                };
+                if config.num_replicas.max(1) != spec.replicas {
+                    tracing::warn!(
+                        stream = name,
+                        replicas = config.num_replicas.max(1),
+                        wanted = spec.replicas,
+                        "the stream exists with other replicas than NATS_STREAM_REPLICAS and is left as it is; to change it: nats stream edit {name} --replicas {}",
+                        spec.replicas
+                    );
+                }
                 let missing: Vec<String> = subjects
                     .iter()
                     .filter(|subject| !covers(&config.subjects, subject))
                     .cloned()
                     .collect();
                 if missing.is_empty() {
-                    return Ok(());
+                    return Ok(setup);
                 }
                 tracing::info!(
                     stream = name,
@@ -244,7 +295,7 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                 );
                 config.subjects.extend(missing.clone());
                 return match js.update_stream(config).await {
-                    Ok(_) => Ok(()),
+                    Ok(_) => Ok(setup),
                     Err(e) if is_overlap(&e) => Err(subjects_taken(js, name, &missing).await),
                     Err(e) => Err(fail(e.into())),
                 };
@@ -255,12 +306,17 @@ pub async fn ensure_stream(js: &jetstream::Context, spec: &StreamSpec) -> Result
                     subjects: subjects.clone(),
                     storage: stream::StorageType::File,
                     duplicate_window: DUPLICATE_WINDOW,
+                    num_replicas: spec.replicas,
                     ..Default::default()
                 };
                 match js.create_stream(config).await {
                     Ok(_) => {
-                        tracing::info!(stream = name, "created the JetStream stream");
-                        return Ok(());
+                        tracing::info!(
+                            stream = name,
+                            replicas = spec.replicas,
+                            "created the JetStream stream"
+                        );
+                        return Ok(StreamSetup::Created);
                     }
                     Err(e) if is_overlap(&e) => {
                         return Err(subjects_taken(js, name, &subjects).await);

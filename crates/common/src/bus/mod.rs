@@ -22,7 +22,8 @@ pub mod streaming;
 mod transport;
 
 pub use connect::{
-    BusError, NatsConfig, StreamSpec, connect, connection_check, ensure_stream, normalize_url,
+    BusError, NatsConfig, StreamSetup, StreamSpec, connect, connection_check, ensure_stream,
+    normalize_url, servers,
 };
 pub use listener::{
     Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,

@@ -31,6 +31,12 @@ impl TestBus {
         }
     }
 
+    /// JetStream on the servers at `url` (a cluster of the test's own), the stream with
+    /// `replicas` replicas.
+    pub async fn replicated(url: &str, replicas: usize) -> Self {
+        TestBus::JetStream(Box::new(TestStream::replicated(url, replicas).await))
+    }
+
     pub fn transport(&self) -> Transport {
         match self {
             TestBus::JetStream(_) => Transport::JetStream,

@@ -49,6 +49,7 @@ impl TestChannels {
         let spec = StreamSpec {
             subject_prefix: format!("{name}."),
             name,
+            replicas: 1,
         };
         let connection = connect(url, cluster_id, &unique_name("test-client"))
             .await

@@ -8,11 +8,14 @@
 //!   ([`TestBus`]), for tests that run on both transports.
 //! - [`servers`]: processes a test owns and can kill: a NATS or Redis server of its own, and the
 //!   service binaries themselves ([`ServiceProcess`]).
+//! - [`clusters`]: a Redis Cluster and a JetStream cluster of a test's own, whose nodes it can
+//!   kill, freeze and start again.
 //! - [`cli`]: the command-line manners every binary must have.
 
 pub mod bus;
 pub mod channels;
 pub mod cli;
+pub mod clusters;
 pub mod http;
 pub mod servers;
 pub mod stream;

@@ -27,15 +27,22 @@ impl TestStream {
 
     /// Connects to the NATS server at `url` (a test's own server) and creates the stream.
     pub async fn on(url: &str) -> Self {
+        Self::replicated(url, 1).await
+    }
+
+    /// Connects to the NATS servers at `url` (a comma-separated list: a cluster of the test's
+    /// own) and creates the stream with `replicas` replicas.
+    pub async fn replicated(url: &str, replicas: usize) -> Self {
         let name = unique_name("test");
         let spec = StreamSpec {
             subject_prefix: format!("{name}."),
             name,
+            replicas,
         };
         let client = async_nats::ConnectOptions::new()
             // Reconnect at once after a test restarts its own server.
             .reconnect_delay_callback(|_| Duration::from_millis(100))
-            .connect(url)
+            .connect(bus::servers(url))
             .await
             .unwrap_or_else(|e| {
                 panic!("NATS at {url} does not answer ({e}); run scripts/stack up")
@@ -44,6 +51,27 @@ impl TestStream {
         bus::ensure_stream(&js, &spec)
             .await
             .expect("creating the test stream");
+        if replicas > 1 {
+            // A publish reaches the stream only once its leader is elected and has told the
+            // other servers of its subjects.
+            eventually(
+                Duration::from_secs(20),
+                "the test stream's leader and current replicas",
+                || async {
+                    let Ok(mut stream) = js.get_stream(&spec.name).await else {
+                        return false;
+                    };
+                    stream.info().await.is_ok_and(|info| {
+                        info.cluster.as_ref().is_some_and(|cluster| {
+                            cluster.leader.is_some()
+                                && cluster.replicas.len() + 1 == replicas
+                                && cluster.replicas.iter().all(|replica| replica.current)
+                        })
+                    })
+                },
+            )
+            .await;
+        }
         TestStream {
             client,
             js,
@@ -58,6 +86,7 @@ impl TestStream {
             ("NATS_URL", self.url.clone()),
             ("NATS_CLUSTER_ID", self.spec.name.clone()),
             ("NATS_SUBJECT_PREFIX", self.spec.subject_prefix.clone()),
+            ("NATS_STREAM_REPLICAS", self.spec.replicas.to_string()),
         ]
     }
 
@@ -175,7 +204,7 @@ impl Drop for TestStream {
             runtime.block_on(async {
                 let connect = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(2))
-                    .connect(url.as_str());
+                    .connect(bus::servers(&url));
                 if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await
                 {
                     let js = jetstream::new(client);
