@@ -301,30 +301,21 @@ impl RedisCluster {
     /// attached and in sync.
     pub async fn start(masters: usize, replicas: usize) -> Self {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
-        let dir = temp_dir("redis-cluster");
         let count = masters * (1 + replicas);
-        let ports = free_ports(2 * count);
-        let nodes = ports
-            .chunks(2)
-            .enumerate()
-            .map(|(index, pair)| {
-                let node_dir = dir.join(format!("node-{index}"));
-                std::fs::create_dir_all(&node_dir).expect("creating a node's directory");
-                RedisNode {
-                    port: pair[0],
-                    bus_port: pair[1],
-                    dir: node_dir,
-                    child: None,
-                }
-            })
-            .collect();
-        let mut cluster = RedisCluster { dir, nodes };
-        for index in 0..count {
-            cluster.nodes[index].start();
+        // A port picked free may be taken by another test before its node binds it: then that
+        // node exits at once, and the whole set starts again on other ports.
+        let mut cluster = None;
+        for _ in 0..3 {
+            let mut nodes = Self::nodes(count);
+            for node in nodes.nodes.iter_mut() {
+                node.start();
+            }
+            if nodes.all_answer().await {
+                cluster = Some(nodes);
+                break;
+            }
         }
-        for index in 0..count {
-            cluster.wait_for_ping(index).await;
-        }
+        let cluster = cluster.expect("three tries to start the Redis Cluster's nodes");
 
         let mut create = Command::new("redis-cli");
         create
@@ -357,6 +348,53 @@ impl RedisCluster {
         )
         .await;
         cluster
+    }
+
+    /// `count` nodes on fresh ports, in a fresh directory, not started.
+    fn nodes(count: usize) -> Self {
+        let dir = temp_dir("redis-cluster");
+        let ports = free_ports(2 * count);
+        let nodes = ports
+            .chunks(2)
+            .enumerate()
+            .map(|(index, pair)| {
+                let node_dir = dir.join(format!("node-{index}"));
+                std::fs::create_dir_all(&node_dir).expect("creating a node's directory");
+                RedisNode {
+                    port: pair[0],
+                    bus_port: pair[1],
+                    dir: node_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        RedisCluster { dir, nodes }
+    }
+
+    /// Waits (up to 10 s) until every node answers PING; false as soon as one has exited.
+    async fn all_answer(&mut self) -> bool {
+        let start = Instant::now();
+        for index in 0..self.nodes.len() {
+            let port = self.port(index);
+            loop {
+                if redis_command(port, &["PING"]).await.as_deref() == Some("PONG") {
+                    break;
+                }
+                let exited = self.nodes[index]
+                    .child
+                    .as_mut()
+                    .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+                if exited || start.elapsed() > Duration::from_secs(10) {
+                    eprintln!(
+                        "Redis node {index} on port {port} did not start:{}",
+                        log_tails(&[self.nodes[index].log()])
+                    );
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        true
     }
 
     /// Every node's URL `redis://127.0.0.1:<port>`, comma-separated (what `REDIS_URL` takes).
