@@ -10,7 +10,7 @@ use common::config::{ConfigError, Expected, Settings, parse, redact_url};
 use common::server::HttpArgs;
 use common::telemetry::LogArgs;
 
-use crate::queue::QueueName;
+use crate::queue::{QueueName, RedisTarget, WaitReplicas};
 use crate::worker::{CLAIM_AHEAD, WorkerOptions};
 
 /// The expiration worker: schedules a job for every `order:created` and publishes
@@ -61,9 +61,18 @@ impl Settings for Config {
 /// Where the queue lives: all the `inspect` command needs. `Debug` hides any password.
 #[derive(Clone, Args)]
 pub struct RedisConfig {
-    /// Redis URL (redis:// or rediss://); overrides REDIS_HOST and REDIS_PORT
+    /// Redis URL (redis://); overrides REDIS_HOST and REDIS_PORT. A comma-separated list of a Redis Cluster's nodes selects the cluster client
     #[arg(id = "redis_url", value_name = "URL", long = "redis-url", env = "REDIS_URL", hide_env_values = true, value_parser = redis_url)]
     pub url: Option<String>,
+    /// Talk to a Redis Cluster even through one URL (a cluster's configuration endpoint)
+    #[arg(id = "redis_cluster", value_name = "BOOL", long = "redis-cluster", env = "REDIS_CLUSTER", default_value = "false", value_parser = parse::boolean, action = clap::ArgAction::Set)]
+    pub cluster: bool,
+    /// Replicas that must hold a schedule before its order:created is acked (Redis WAIT): auto is 1 if the queue's master has a replica at start, else 0
+    #[arg(id = "redis_wait_replicas", value_name = "N", long = "redis-wait-replicas", env = "REDIS_WAIT_REPLICAS", default_value = "auto", value_parser = wait_replicas)]
+    pub wait_replicas: WaitReplicas,
+    /// Longest wait for those replicas per batch of schedules, in milliseconds; past it the events are retried
+    #[arg(id = "redis_wait_timeout_ms", value_name = "MS", long = "redis-wait-timeout-ms", env = "REDIS_WAIT_TIMEOUT_MS", default_value = "1000", value_parser = parse::millis)]
+    pub wait_timeout: Duration,
     /// Redis host, unless REDIS_URL is set
     #[arg(
         id = "redis_host",
@@ -95,6 +104,15 @@ impl RedisConfig {
         }
     }
 
+    /// Where Redis is, whether it is a cluster, and how schedules are replicated.
+    pub fn target(&self) -> RedisTarget {
+        let mut target = RedisTarget::parse(&self.url());
+        target.cluster |= self.cluster;
+        target.replicas = self.wait_replicas;
+        target.wait_timeout = self.wait_timeout;
+        target
+    }
+
     /// The queue's key prefix and name.
     pub fn queue(&self) -> QueueName {
         QueueName::new(&self.key_prefix, &self.queue)
@@ -105,17 +123,31 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url()))
+            .field("cluster", &self.cluster)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .field("queue", &self.queue())
             .finish()
     }
 }
 
+/// One `redis://` URL, or a comma-separated list of them (a cluster's nodes).
 fn redis_url(value: &str) -> Result<String, Expected> {
-    if value.starts_with("redis://") || value.starts_with("rediss://") {
-        Ok(value.to_owned())
-    } else {
-        Err(Expected("a URL starting with redis:// or rediss://".into()))
+    let urls: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() || urls.iter().any(|url| !url.starts_with("redis://")) {
+        return Err(Expected(
+            "redis:// URLs, one or a comma-separated list of a cluster's nodes".into(),
+        ));
     }
+    Ok(urls.join(","))
+}
+
+fn wait_replicas(value: &str) -> Result<WaitReplicas, Expected> {
+    value.parse().map_err(Expected)
 }
 
 /// A part of the queue's hash tag: no braces, no spaces.
@@ -214,6 +246,32 @@ mod tests {
     }
 
     #[test]
+    fn a_list_of_nodes_or_redis_cluster_selects_the_cluster_client() {
+        let base = [("NATS_URL", "nats://n:4222")];
+        let target = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            config(&pairs).unwrap().redis.target()
+        };
+        let one = target(&[("REDIS_HOST", "r")]);
+        assert!(!one.cluster);
+        assert_eq!(one.replicas, WaitReplicas::Auto);
+        assert_eq!(one.wait_timeout, Duration::from_secs(1));
+        let nodes = target(&[("REDIS_URL", "redis://a:7000,redis://b:7001, redis://c:7002")]);
+        assert!(nodes.cluster);
+        assert_eq!(nodes.nodes.len(), 3);
+        let endpoint = target(&[
+            ("REDIS_URL", "redis://config.example:6379"),
+            ("REDIS_CLUSTER", "true"),
+            ("REDIS_WAIT_REPLICAS", "2"),
+            ("REDIS_WAIT_TIMEOUT_MS", "250"),
+        ]);
+        assert!(endpoint.cluster);
+        assert_eq!(endpoint.replicas, WaitReplicas::Count(2));
+        assert_eq!(endpoint.wait_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
     fn each_bad_variable_is_named_in_the_message() {
         let base = [("NATS_URL", "nats://n:4222"), ("REDIS_HOST", "r")];
         let error = |extra: (&str, &str)| {
@@ -230,6 +288,11 @@ mod tests {
         assert!(error(("EXPIRATION_CONCURRENCY", "0")).starts_with("EXPIRATION_CONCURRENCY"));
         assert!(error(("EXPIRATION_QUEUE", "a}b")).starts_with("EXPIRATION_QUEUE"));
         assert!(error(("REDIS_URL", "http://r")).starts_with("REDIS_URL"));
+        assert!(error(("REDIS_URL", "redis://a,http://b")).starts_with("REDIS_URL"));
+        assert_eq!(
+            error(("REDIS_WAIT_REPLICAS", "one")),
+            "REDIS_WAIT_REPLICAS=`one` is invalid: expected `auto` or a whole number of replicas"
+        );
         let missing = config(&[("NATS_URL", "nats://n:4222")])
             .unwrap_err()
             .to_string();

@@ -34,7 +34,7 @@ pub enum Action {
 impl Inspect {
     /// Connects to the queue and does what was asked; the text to print.
     pub async fn run(self) -> Result<String, QueueError> {
-        let queue = Queue::connect(&self.redis.url(), self.redis.queue()).await?;
+        let queue = Queue::open(&self.redis.target(), self.redis.queue()).await?;
         Ok(match self.action {
             None => report(&queue).await?.to_string(),
             Some(Action::Requeue { ids }) => {

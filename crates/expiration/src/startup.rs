@@ -50,9 +50,15 @@ impl Application {
     /// Connects to Redis and the bus (choosing its transport; on JetStream, making sure the
     /// stream exists) and binds the ops port.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let queue = Queue::connect(&config.redis.url(), config.redis.queue())
+        let queue = Queue::open(&config.redis.target(), config.redis.queue())
             .await
             .map_err(StartupError::Redis)?;
+        tracing::info!(
+            cluster = queue.on_cluster(),
+            replicas_required = queue.replicas_required(),
+            wait_timeout = ?config.redis.wait_timeout,
+            "connected to Redis; a schedule counts once that many replicas hold it"
+        );
         let bus = Bus::connect(&config.nats, "expiration").await?;
 
         let mut registry = Registry::default();

@@ -5,6 +5,7 @@
 mod worker {
     pub mod helpers;
 
+    mod clusters;
     mod in_process;
     mod own_servers;
     mod processes;

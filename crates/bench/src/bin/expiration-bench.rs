@@ -26,7 +26,7 @@ use common::config::{Settings, parse};
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
 use expiration::config::Config;
 use expiration::metrics::Metrics;
-use expiration::queue::{Job, MAX_BATCH, Queue, QueueName};
+use expiration::queue::{Job, MAX_BATCH, Queue, QueueName, RedisTarget, WaitReplicas};
 use expiration::startup::Application;
 use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
 use futures::StreamExt;
@@ -78,6 +78,9 @@ struct CommonArgs {
         default_value = "redis://127.0.0.1:16379"
     )]
     redis_url: String,
+    /// Replicas each batch of schedules waits for (REDIS_WAIT_REPLICAS): auto, or a number
+    #[arg(long = "redis-wait-replicas", default_value = "auto")]
+    redis_wait_replicas: WaitReplicas,
     /// NATS to use (scope worker)
     #[arg(
         long = "nats-url",
@@ -110,6 +113,7 @@ struct Args {
     rate: usize,
     seconds: u64,
     redis_url: String,
+    redis_wait_replicas: WaitReplicas,
     nats_url: String,
     concurrency: usize,
 }
@@ -131,6 +135,7 @@ impl From<Cli> for Args {
             rate,
             seconds,
             redis_url: common.redis_url,
+            redis_wait_replicas: common.redis_wait_replicas,
             nats_url: common.nats_url,
             concurrency: common.concurrency,
         }
@@ -220,7 +225,11 @@ impl Run {
         let dues = Arc::new(Mutex::new(HashMap::new()));
         match args.scope {
             Scope::Queue => {
-                let queue = Queue::connect(&args.redis_url, name)
+                let target = RedisTarget {
+                    replicas: args.redis_wait_replicas,
+                    ..RedisTarget::parse(&args.redis_url)
+                };
+                let queue = Queue::open(&target, name)
                     .await
                     .context("cannot reach Redis")?;
                 let options = WorkerOptions {
@@ -262,6 +271,13 @@ impl Run {
                     ("EXPIRATION_QUEUE", name.name.clone()),
                     ("OPS_PORT", "0".into()),
                     ("EXPIRATION_CONCURRENCY", args.concurrency.to_string()),
+                    (
+                        "REDIS_WAIT_REPLICAS",
+                        match args.redis_wait_replicas {
+                            WaitReplicas::Auto => "auto".into(),
+                            WaitReplicas::Count(count) => count.to_string(),
+                        },
+                    ),
                 ]);
                 let config = Config::from_lookup(|key| env.get(key).cloned())?;
                 let spec = config.nats.stream();
@@ -408,6 +424,7 @@ impl Report {
         let mut line = serde_json::json!({
             "mode": match args.mode { Mode::Burst => "burst", Mode::Steady => "steady" },
             "scope": match args.scope { Scope::Queue => "queue", Scope::Worker => "worker" },
+            "redis_wait_replicas": format!("{:?}", args.redis_wait_replicas),
             "jobs": self.jobs,
             "concurrency": args.concurrency,
             "add_per_s": self.add_per_s.round(),

@@ -26,7 +26,8 @@
 //!
 //! # Scripts
 //!
-//! Every operation is one Lua script (`EVALSHA` through [`redis::Script`]), hence atomic. Time is
+//! Every operation is one Lua script (`EVALSHA`, the script loaded on the node that runs it when
+//! that node does not know it yet), hence atomic. Time is
 //! always Redis `TIME`, read inside the script, so every replica agrees on "now".
 //!
 //! - `schedule.lua` (batch): a new id is added; a known id with the same due time is left alone
@@ -53,12 +54,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use common::telemetry::ErrorChain;
+
+mod connection;
+
+use connection::{Connection, Lua};
+pub use connection::{RedisTarget, WAIT_TIMEOUT, WaitReplicas};
 
 /// Most jobs one script call handles: Lua's `unpack` has a stack limit of a few thousand values.
 pub const MAX_BATCH: usize = 1000;
@@ -80,6 +85,16 @@ pub enum QueueError {
     /// The schedule call this request was batched into failed (every request in it gets this).
     #[error("the batched schedule call failed")]
     Batched(#[source] Arc<QueueError>),
+    /// Fewer replicas than required confirmed a batch of schedules in time: the master holds
+    /// them, but a failover now could lose them, so they do not count as stored yet.
+    #[error(
+        "{confirmed} of the {required} Redis replicas required (REDIS_WAIT_REPLICAS) confirmed the schedules within {timeout:?}"
+    )]
+    NotReplicated {
+        required: u32,
+        confirmed: u32,
+        timeout: Duration,
+    },
 }
 
 /// Where a queue lives: all its keys start with `{<prefix>:<name>}`.
@@ -133,25 +148,25 @@ impl Keys {
 }
 
 struct Scripts {
-    schedule: Script,
-    claim: Script,
-    complete: Script,
-    retry: Script,
-    cancel: Script,
-    requeue: Script,
-    stats: Script,
+    schedule: Lua,
+    claim: Lua,
+    complete: Lua,
+    retry: Lua,
+    cancel: Lua,
+    requeue: Lua,
+    stats: Lua,
 }
 
 impl Scripts {
     fn load() -> Self {
         Scripts {
-            schedule: Script::new(include_str!("schedule.lua")),
-            claim: Script::new(include_str!("claim.lua")),
-            complete: Script::new(include_str!("complete.lua")),
-            retry: Script::new(include_str!("retry.lua")),
-            cancel: Script::new(include_str!("cancel.lua")),
-            requeue: Script::new(include_str!("requeue.lua")),
-            stats: Script::new(include_str!("stats.lua")),
+            schedule: Lua::new(include_str!("schedule.lua")),
+            claim: Lua::new(include_str!("claim.lua")),
+            complete: Lua::new(include_str!("complete.lua")),
+            retry: Lua::new(include_str!("retry.lua")),
+            cancel: Lua::new(include_str!("cancel.lua")),
+            requeue: Lua::new(include_str!("requeue.lua")),
+            stats: Lua::new(include_str!("stats.lua")),
         }
     }
 }
@@ -159,13 +174,40 @@ impl Scripts {
 /// A handle on one queue. Cheap to clone; clones share the connection and the local wake-up.
 #[derive(Clone)]
 pub struct Queue {
-    client: redis::Client,
-    conn: ConnectionManager,
+    conn: Connection,
+    /// The nodes to subscribe to wake-ups on: any node of a cluster hears every publish.
+    nodes: Arc<Vec<String>>,
+    replication: Replication,
     name: QueueName,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
     batcher: mpsc::Sender<Request>,
+}
+
+/// How many replicas must confirm each batch of schedules, and the longest wait for them.
+#[derive(Debug, Clone, Copy)]
+struct Replication {
+    required: u32,
+    timeout: Duration,
+}
+
+impl Replication {
+    /// Waits until `required` replicas of the master of `key` hold every write sent before.
+    async fn confirm(&self, conn: &Connection, key: &str) -> Result<(), QueueError> {
+        if self.required == 0 {
+            return Ok(());
+        }
+        let confirmed = conn.clone().wait(key, self.required, self.timeout).await?;
+        if confirmed < self.required {
+            return Err(QueueError::NotReplicated {
+                required: self.required,
+                confirmed,
+                timeout: self.timeout,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One job waiting to join the next batched schedule call (see [`Queue::schedule_versioned`]).
@@ -358,15 +400,15 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 impl Queue {
-    /// Connects to Redis at `url` (a `redis://` URL) and returns the queue `name` there.
+    /// Connects to Redis at `url` (one `redis://` URL, or a comma-separated list of a cluster's
+    /// nodes) and returns the queue `name` there.
     pub async fn connect(url: &str, name: QueueName) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            // The default 500 ms is too tight for a 1,000-job script on a busy server.
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Self::open(&RedisTarget::parse(url), name).await
+    }
+
+    /// Connects to Redis as `target` says and returns the queue `name` there.
+    pub async fn open(target: &RedisTarget, name: QueueName) -> Result<Self, QueueError> {
+        let conn = Connection::open(target).await?;
         let tag = name.tag();
         let keys = Keys {
             due: format!("{tag}:due"),
@@ -383,18 +425,28 @@ impl Queue {
             Arc::new(Scripts::load()),
             Arc::new(Notify::new()),
         );
+        let required = match target.replicas {
+            WaitReplicas::Count(count) => count,
+            WaitReplicas::Auto => conn.clone().replicas_of(&keys.due).await?.min(1),
+        };
+        let replication = Replication {
+            required,
+            timeout: target.wait_timeout,
+        };
         let (batcher, requests) = mpsc::channel(4 * MAX_BATCH);
         // Ends when the last clone of the queue (the last sender) is dropped.
         tokio::spawn(batch_schedules(
             conn.clone(),
+            replication,
             keys.clone(),
             scripts.clone(),
             wake.clone(),
             requests,
         ));
         Ok(Queue {
-            client,
             conn,
+            nodes: Arc::new(target.nodes.clone()),
+            replication,
             name,
             keys,
             scripts,
@@ -406,6 +458,16 @@ impl Queue {
     /// The queue's name.
     pub fn name(&self) -> &QueueName {
         &self.name
+    }
+
+    /// Replicas that must confirm each batch of schedules before it counts as stored.
+    pub fn replicas_required(&self) -> u32 {
+        self.replication.required
+    }
+
+    /// Whether the queue lives on a Redis Cluster.
+    pub fn on_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     /// Resolves when a job may have become due earlier than the last claim said: this process
@@ -421,9 +483,9 @@ impl Queue {
     }
 
     /// Answers whether Redis answers.
+    /// On a cluster, the master holding the queue: the other nodes may be down without harm.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        self.conn.clone().ping(&self.keys.due).await?;
         Ok(())
     }
 
@@ -453,7 +515,8 @@ impl Queue {
         answer.await.map_err(|_| lost())?
     }
 
-    /// Schedules many jobs, [`MAX_BATCH`] per script call, the calls pipelined on one connection.
+    /// Schedules many jobs, [`MAX_BATCH`] per script call, the calls pipelined on one connection;
+    /// returns once the replicas required hold them all.
     pub async fn schedule_many<J: NewJob>(&self, jobs: &[J]) -> Result<Scheduled, QueueError> {
         let calls = jobs
             .chunks(MAX_BATCH)
@@ -463,6 +526,7 @@ impl Queue {
             .into_iter()
             .flatten()
             .sum();
+        self.replication.confirm(&self.conn, &self.keys.due).await?;
         if total.woke {
             self.wake_local();
         }
@@ -472,17 +536,17 @@ impl Queue {
     /// Claims up to `limit` (at most [`MAX_BATCH`]) due jobs or expired leases, leasing them
     /// for `lease`.
     pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Claim, QueueError> {
-        let mut conn = self.conn.clone();
         let reply: Vec<Value> = self
             .scripts
             .claim
+            .call()
             .key(&self.keys.due)
             .key(&self.keys.leased)
             .key(&self.keys.jobs)
             .key(&self.keys.seq)
             .arg(limit.clamp(1, MAX_BATCH))
             .arg(lease.as_millis().max(1) as u64)
-            .invoke_async(&mut conn)
+            .invoke(&self.conn)
             .await?;
         let received = std::time::Instant::now();
         parse_claim(reply, received)
@@ -493,7 +557,7 @@ impl Queue {
     pub async fn complete(&self, done: &[(String, u64)]) -> Result<u64, QueueError> {
         let mut deleted = 0;
         for chunk in done.chunks(MAX_BATCH) {
-            let mut invocation = self.scripts.complete.prepare_invoke();
+            let mut invocation = self.scripts.complete.call();
             invocation
                 .key(&self.keys.leased)
                 .key(&self.keys.jobs)
@@ -501,8 +565,7 @@ impl Queue {
             for (id, token) in chunk {
                 invocation.arg(id).arg(*token);
             }
-            let mut conn = self.conn.clone();
-            deleted += invocation.invoke_async::<u64>(&mut conn).await?;
+            deleted += invocation.invoke::<u64>(&self.conn).await?;
         }
         Ok(deleted)
     }
@@ -534,10 +597,10 @@ impl Queue {
         reason: &str,
         postpone: bool,
     ) -> Result<RetryOutcome, QueueError> {
-        let mut conn = self.conn.clone();
         let outcome: u8 = self
             .scripts
             .retry
+            .call()
             .key(&self.keys.due)
             .key(&self.keys.leased)
             .key(&self.keys.jobs)
@@ -550,7 +613,7 @@ impl Queue {
             .arg(reason)
             .arg(&self.keys.wake)
             .arg(if postpone { "1" } else { "0" })
-            .invoke_async(&mut conn)
+            .invoke(&self.conn)
             .await?;
         match outcome {
             0 => Ok(RetryOutcome::LeaseLost),
@@ -572,10 +635,10 @@ impl Queue {
         }
         let mut removed = 0;
         for chunk in ids.chunks(MAX_BATCH) {
-            let mut conn = self.conn.clone();
             removed += self
                 .scripts
                 .cancel
+                .call()
                 .key(&self.keys.due)
                 .key(&self.keys.leased)
                 .key(&self.keys.jobs)
@@ -583,7 +646,7 @@ impl Queue {
                 .key(&self.keys.versions)
                 .arg(CANCELLED_TTL.as_millis() as u64)
                 .arg(chunk)
-                .invoke_async::<u64>(&mut conn)
+                .invoke::<u64>(&self.conn)
                 .await?;
         }
         Ok(removed)
@@ -591,16 +654,16 @@ impl Queue {
 
     /// Makes dead-lettered jobs due now (all of them when `ids` is empty); returns how many.
     pub async fn requeue_dead(&self, ids: &[String]) -> Result<u64, QueueError> {
-        let mut conn = self.conn.clone();
         let count = self
             .scripts
             .requeue
+            .call()
             .key(&self.keys.due)
             .key(&self.keys.jobs)
             .key(&self.keys.dead)
             .arg(&self.keys.wake)
             .arg(ids)
-            .invoke_async::<u64>(&mut conn)
+            .invoke::<u64>(&self.conn)
             .await?;
         if count > 0 {
             self.wake_local();
@@ -610,14 +673,14 @@ impl Queue {
 
     /// Counts and the next due time.
     pub async fn stats(&self) -> Result<Stats, QueueError> {
-        let mut conn = self.conn.clone();
         let (waiting, leased, dead, next_due, now_ms): (u64, u64, u64, i64, i64) = self
             .scripts
             .stats
+            .call()
             .key(&self.keys.due)
             .key(&self.keys.leased)
             .key(&self.keys.dead)
-            .invoke_async(&mut conn)
+            .invoke(&self.conn)
             .await?;
         Ok(Stats {
             waiting,
@@ -661,14 +724,20 @@ impl Queue {
     }
 
     /// Listens on the wake channel until `shutdown`, waking this process' waiter on each
-    /// message. Reconnects by itself; after each (re)subscription it wakes the waiter too, since
-    /// messages sent while disconnected are lost.
+    /// message. Reconnects by itself (on a cluster, to the next node given: every node hears
+    /// every publish); after each (re)subscription it wakes the waiter too, since messages sent
+    /// while disconnected are lost.
     pub async fn watch_wakes(self, shutdown: CancellationToken) {
         use futures::StreamExt;
         let mut pause = Duration::from_millis(50);
+        let mut turn = 0;
         while !shutdown.is_cancelled() {
+            let node = &self.nodes[turn % self.nodes.len()];
+            turn += 1;
             let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let mut pubsub = redis::Client::open(node.as_str())?
+                    .get_async_pubsub()
+                    .await?;
                 pubsub.subscribe(&self.keys.wake).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -709,12 +778,12 @@ impl Queue {
 /// One schedule script call for at most [`MAX_BATCH`] jobs: each job's outcome as a [`Scheduled`]
 /// of its own (with the call's `woke`). Their sum is the call's.
 async fn schedule_call<J: NewJob>(
-    conn: &ConnectionManager,
+    conn: &Connection,
     keys: &Keys,
     scripts: &Scripts,
     chunk: &[J],
 ) -> Result<Vec<Scheduled>, QueueError> {
-    let mut invocation = scripts.schedule.prepare_invoke();
+    let mut invocation = scripts.schedule.call();
     invocation
         .key(&keys.due)
         .key(&keys.leased)
@@ -729,8 +798,7 @@ async fn schedule_call<J: NewJob>(
             .arg(job.due_ms().max(0))
             .arg(job.version());
     }
-    let mut conn = conn.clone();
-    let (woke, outcomes) = invocation.invoke_async::<(u8, String)>(&mut conn).await?;
+    let (woke, outcomes) = invocation.invoke::<(u8, String)>(conn).await?;
     let woke = woke == 1;
     let each = outcomes
         .chars()
@@ -765,9 +833,10 @@ async fn schedule_call<J: NewJob>(
 }
 
 /// Serves [`Queue::schedule_versioned`]: one script call at a time, each taking every request
-/// that arrived meanwhile (up to [`MAX_BATCH`]).
+/// that arrived meanwhile (up to [`MAX_BATCH`]), answered once the replicas required hold it.
 async fn batch_schedules(
-    conn: ConnectionManager,
+    conn: Connection,
+    replication: Replication,
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
@@ -775,11 +844,18 @@ async fn batch_schedules(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match schedule_call(&conn, &keys, &scripts, &batch).await {
+        let called = schedule_call(&conn, &keys, &scripts, &batch).await;
+        if let Ok(each) = &called
+            && each.first().is_some_and(|one| one.woke)
+        {
+            wake.notify_one();
+        }
+        let confirmed = match called {
+            Ok(each) => replication.confirm(&conn, &keys.due).await.map(|()| each),
+            Err(e) => Err(e),
+        };
+        match confirmed {
             Ok(each) => {
-                if each.first().is_some_and(|one| one.woke) {
-                    wake.notify_one();
-                }
                 for (request, scheduled) in batch.drain(..).zip(each) {
                     let _ = request.reply.send(Ok(scheduled));
                 }
