@@ -71,8 +71,19 @@ impl Peers {
         Ok(payment)
     }
 
+    /// Publishes `event`, retrying for up to 20 s while the broker cannot take it (a clustered
+    /// stream electing a new leader answers "no stream" for a moment). A retry carries the same
+    /// message id, so JetStream stores it once; consumers are idempotent by version anyway.
     async fn publish<E: Event>(&self, event: &E) -> anyhow::Result<()> {
-        self.publisher.publish(event).await?;
-        Ok(())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match self.publisher.publish(event).await {
+                Ok(_) => return Ok(()),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }

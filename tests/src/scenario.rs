@@ -50,6 +50,12 @@ impl Scenario {
         Self::build(TestBus::on(transport, url).await, window_secs).await
     }
 
+    /// A world on `bus`: for example a stream replicated on a NATS cluster of the test's own
+    /// ([`TestBus::replicated`]).
+    pub async fn on_bus(bus: TestBus, window_secs: u64) -> Self {
+        Self::build(bus, window_secs).await
+    }
+
     async fn build(bus: TestBus, window_secs: u64) -> Self {
         let exclusive = ONE_AT_A_TIME.lock().await;
         let name = unique_name("e2e").replace('-', "_");

@@ -3,6 +3,7 @@
 //! README's test command does). Every test prints the expiry latency it observed.
 
 mod e2e {
+    mod clusters;
     mod crashes;
     mod demo;
     mod flow;

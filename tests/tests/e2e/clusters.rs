@@ -1,0 +1,115 @@
+//! Both services, two replicas of each, on a Redis Cluster (three masters, a replica each) and a
+//! three-server JetStream cluster (the stream replicated three times), all of the test's own on
+//! loopback; a NATS server and the Redis master holding the queue are SIGKILLed mid-run and
+//! started again.
+
+use std::time::{Duration, Instant};
+
+use common::Subject;
+use common::testing::TestBus;
+use common::testing::clusters::{NatsCluster, RedisCluster};
+use e2e::orders_api::OrdersApi;
+use e2e::scenario::Scenario;
+
+use super::support::{Republish, assert_expired_once, last_expiry, place_orders, until};
+
+/// Waits until `count` messages of `subject` are in the world's log.
+async fn wait_for_some(world: &Scenario, subject: Subject, count: usize) {
+    world
+        .log
+        .wait_until(
+            Duration::from_secs(60),
+            &format!("{count} {subject} events"),
+            |all| all.iter().filter(|l| l.subject == subject).count() >= count,
+        )
+        .await;
+}
+
+/// The index of the server leading the world's stream (servers are named `n<index>`).
+async fn stream_leader(world: &Scenario) -> usize {
+    let TestBus::JetStream(stream) = &world.bus else {
+        unreachable!("the world is on JetStream")
+    };
+    let info = stream
+        .js
+        .get_stream(&stream.spec.name)
+        .await
+        .expect("the stream")
+        .get_info()
+        .await
+        .expect("the stream's info");
+    let leader = info
+        .cluster
+        .and_then(|cluster| cluster.leader)
+        .expect("a replicated stream has a leader");
+    leader
+        .trim_start_matches('n')
+        .parse()
+        .expect("servers are named n<index>")
+}
+
+#[tokio::test]
+async fn on_clusters_two_replicas_of_each_service_ride_out_a_nats_server_and_the_redis_master_dying()
+ {
+    let mut redis = RedisCluster::start(3, 1).await;
+    let mut nats = NatsCluster::start(3).await;
+    let mut world = Scenario::on_bus(TestBus::replicated(&nats.url_list(), 3).await, 8).await;
+    world.redis_url = redis.url_list();
+    let orders_a = world.start_orders("cluster-orders-a").await.unwrap();
+    let orders_b = world.start_orders("cluster-orders-b").await.unwrap();
+    let expiration_a = world
+        .start_expiration("cluster-expiration-a")
+        .await
+        .unwrap();
+    let expiration_b = world
+        .start_expiration("cluster-expiration-b")
+        .await
+        .unwrap();
+    let apis = [
+        OrdersApi::new(&orders_a.url()),
+        OrdersApi::new(&orders_b.url()),
+    ];
+
+    // While the orders are placed: the server leading the stream dies and comes back 3 s later;
+    // then, with the jobs pending and more arriving, the Redis master holding the queue dies and
+    // comes back (as the new master's replica) a second after its replica took over.
+    let queue_key = format!("{{{}:expiration}}:due", world.redis_prefix);
+    let chaos = async {
+        wait_for_some(&world, Subject::OrderCreated, 50).await;
+        let leader = stream_leader(&world).await;
+        nats.kill(leader).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        nats.start_again(leader).await;
+
+        wait_for_some(&world, Subject::OrderCreated, 120).await;
+        let master = redis.master_of(&queue_key).await;
+        let killed_at = Instant::now();
+        redis.kill(master).await;
+        redis
+            .wait_for_failover(&queue_key, master, Duration::from_secs(30))
+            .await;
+        let failover = killed_at.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        redis.start_again(master).await;
+        (leader, master, failover)
+    };
+    let placing = place_orders(&world, &apis, 200, 4, Duration::from_millis(500), 4);
+    let (placed, (leader, master, failover)) = tokio::join!(placing, chaos);
+
+    // The log's consumer may have lived on the killed server: read the stream afresh.
+    let log = world.bus.log().await;
+    let expired = assert_expired_once(
+        &log,
+        &placed,
+        until(last_expiry(&placed), Duration::from_secs(40)),
+        Republish::Never,
+    )
+    .await;
+    println!(
+        "200 orders, two replicas of each service on a Redis Cluster and a 3-server JetStream \
+         (R3): stream leader n{leader} SIGKILLed and restarted 3 s later, Redis master {master} \
+         SIGKILLed (failover in {failover:?}) and restarted: {expired}"
+    );
+    drop((orders_a, orders_b, expiration_a, expiration_b, log));
+    world.finish().await;
+}
