@@ -427,7 +427,18 @@ impl Queue {
         );
         let required = match target.replicas {
             WaitReplicas::Count(count) => count,
-            WaitReplicas::Auto => conn.clone().replicas_of(&keys.due).await?.min(1),
+            WaitReplicas::Auto => match conn.clone().replicas_of(&keys.due).await {
+                Ok(replicas) => replicas.min(1),
+                // A managed Redis may refuse INFO: say what that means rather than not start.
+                Err(e) if e.kind() != redis::ErrorKind::Io => {
+                    tracing::warn!(
+                        error = %ErrorChain(&e),
+                        "cannot read INFO replication, so REDIS_WAIT_REPLICAS=auto waits for no replica; set REDIS_WAIT_REPLICAS to the number to wait for"
+                    );
+                    0
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let replication = Replication {
             required,

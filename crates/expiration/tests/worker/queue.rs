@@ -571,3 +571,27 @@ async fn a_job_scheduled_by_another_replica_wakes_a_sleeping_worker() {
     wakes.await.unwrap();
     queue.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_redis_that_refuses_info_is_used_without_waiting_for_replicas() {
+    // A managed Redis may forbid INFO: REDIS_WAIT_REPLICAS=auto then waits for no replica (and
+    // says so) rather than keeping the worker from starting.
+    let admin = redis::Client::open(redis_url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let user = common::testing::unique_name("noinfo").replace('-', "_");
+    redis::cmd("ACL")
+        .arg(&["SETUSER", &user, "on", ">pw", "~*", "&*", "+@all", "-info"][..])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let url = redis_url().replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    let queue = queue_on(&url).await;
+    assert_eq!(queue.replicas_required(), 0);
+    assert_eq!(queue.schedule("x", now_ms()).await.unwrap().added, 1);
+    queue.delete().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&["DELUSER", &user][..])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+}
