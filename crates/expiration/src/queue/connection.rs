@@ -214,11 +214,19 @@ impl LuaCall<'_> {
 
     /// Runs the script on `conn` (on a cluster, on the master of its first key).
     pub(crate) async fn invoke<T: FromRedisValue>(&self, conn: &Connection) -> RedisResult<T> {
-        let mut command = redis::cmd("EVALSHA");
-        command.arg(&self.lua.hash).arg(self.keys.len());
-        for part in self.keys.iter().chain(&self.args) {
-            command.arg(part.as_slice());
-        }
+        let bytes = self
+            .keys
+            .iter()
+            .chain(&self.args)
+            .map(Vec::len)
+            .sum::<usize>();
+        let mut command = Cmd::with_capacity(3 + self.keys.len() + self.args.len(), bytes + 64);
+        command
+            .arg("EVALSHA")
+            .arg(&self.lua.hash)
+            .arg(self.keys.len())
+            .arg(&self.keys[..])
+            .arg(&self.args[..]);
         let mut conn = conn.clone();
         match command.query_async(&mut conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
