@@ -8,22 +8,12 @@ use std::time::{Duration, Instant};
 use common::Subject;
 use common::testing::TestBus;
 use common::testing::clusters::{NatsCluster, RedisCluster};
-use e2e::orders_api::OrdersApi;
 use e2e::scenario::Scenario;
 
-use super::support::{Republish, assert_expired_once, last_expiry, place_orders, until};
-
-/// Waits until `count` messages of `subject` are in the world's log.
-async fn wait_for_some(world: &Scenario, subject: Subject, count: usize) {
-    world
-        .log
-        .wait_until(
-            Duration::from_secs(60),
-            &format!("{count} {subject} events"),
-            |all| all.iter().filter(|l| l.subject == subject).count() >= count,
-        )
-        .await;
-}
+use super::support::{
+    Republish, TwoOfEach, assert_expired_once, last_expiry, place_orders, start_two_of_each, until,
+    wait_for_some,
+};
 
 /// The index of the server leading the world's stream (servers are named `n<index>`).
 async fn stream_leader(world: &Scenario) -> usize {
@@ -55,20 +45,7 @@ async fn on_clusters_two_replicas_of_each_service_ride_out_a_nats_server_and_the
     let mut nats = NatsCluster::start(3).await;
     let mut world = Scenario::on_bus(TestBus::replicated(&nats.url_list(), 3).await, 8).await;
     world.redis_url = redis.url_list();
-    let orders_a = world.start_orders("cluster-orders-a").await.unwrap();
-    let orders_b = world.start_orders("cluster-orders-b").await.unwrap();
-    let expiration_a = world
-        .start_expiration("cluster-expiration-a")
-        .await
-        .unwrap();
-    let expiration_b = world
-        .start_expiration("cluster-expiration-b")
-        .await
-        .unwrap();
-    let apis = [
-        OrdersApi::new(&orders_a.url()),
-        OrdersApi::new(&orders_b.url()),
-    ];
+    let TwoOfEach { processes, apis } = start_two_of_each(&world, "cluster").await;
 
     // While the orders are placed: the server leading the stream dies and comes back 3 s later;
     // then, with the jobs pending and more arriving, the Redis master holding the queue dies and
@@ -110,6 +87,6 @@ async fn on_clusters_two_replicas_of_each_service_ride_out_a_nats_server_and_the
          (R3): stream leader n{leader} SIGKILLed and restarted 3 s later, Redis master {master} \
          SIGKILLed (failover in {failover:?}) and restarted: {expired}"
     );
-    drop((orders_a, orders_b, expiration_a, expiration_b, log));
+    drop((processes, log));
     world.finish().await;
 }

@@ -11,20 +11,8 @@ use e2e::scenario::Scenario;
 
 use super::support::{
     Expired, Republish, assert_expired_exactly_once, assert_expired_once, last_expiry,
-    place_orders, until,
+    place_orders, until, wait_for_some,
 };
-
-/// Waits until `count` messages of `subject` are on the stream.
-async fn wait_for_some(world: &Scenario, subject: Subject, count: usize) {
-    world
-        .log
-        .wait_until(
-            Duration::from_secs(30),
-            &format!("{count} {subject} events"),
-            |all| all.iter().filter(|l| l.subject == subject).count() >= count,
-        )
-        .await;
-}
 
 /// Which service a run kills.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,8 @@ use e2e::orders_api::OrdersApi;
 use e2e::scenario::Scenario;
 
 use super::support::{
-    Republish, assert_expired_exactly_once, assert_expired_once, last_expiry, place_orders, until,
+    Republish, TwoOfEach, assert_expired_exactly_once, assert_expired_once, last_expiry,
+    place_orders, start_two_of_each, until,
 };
 
 #[tokio::test]
@@ -140,20 +141,7 @@ async fn on_nats_streaming_two_replicas_of_each_service_cancel_every_unpaid_orde
 
 async fn two_replicas_of_each(transport: Transport) {
     let world = Scenario::on(transport, 8).await;
-    let orders_a = world.start_orders("replicas-orders-a").await.unwrap();
-    let orders_b = world.start_orders("replicas-orders-b").await.unwrap();
-    let expiration_a = world
-        .start_expiration("replicas-expiration-a")
-        .await
-        .unwrap();
-    let expiration_b = world
-        .start_expiration("replicas-expiration-b")
-        .await
-        .unwrap();
-    let apis = [
-        OrdersApi::new(&orders_a.url()),
-        OrdersApi::new(&orders_b.url()),
-    ];
+    let TwoOfEach { processes, apis } = start_two_of_each(&world, "replicas").await;
     let placed = place_orders(&world, &apis, 200, 4, Duration::from_millis(400), 4).await;
     // NATS Streaming cannot be told a message is still in hand: one whose handler outlasts the
     // ack wait (a database slowed by the load) goes to the other replica too, and both may
@@ -168,6 +156,6 @@ async fn two_replicas_of_each(transport: Transport) {
     )
     .await;
     println!("200 orders, two replicas of each service, {transport}: {expired}");
-    drop((orders_a, orders_b, expiration_a, expiration_b));
+    drop(processes);
     world.finish().await;
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use common::events::{ExpirationComplete, OrderCancelled, OrderCreated};
 use common::testing::EventLog;
 use e2e::orders_api::OrdersApi;
+use e2e::process::ServiceProcess;
 use e2e::scenario::Scenario;
 use e2e::stats::Latency;
 use futures::StreamExt;
@@ -294,4 +295,48 @@ pub fn last_expiry(placed: &[Placed]) -> DateTime<Utc> {
 /// How long from now until `at` plus `slack`.
 pub fn until(at: DateTime<Utc>, slack: Duration) -> Duration {
     (at - Utc::now()).to_std().unwrap_or_default() + slack
+}
+
+/// Waits (up to 60 s) until `count` messages of `subject` are in the world's log.
+pub async fn wait_for_some(world: &Scenario, subject: common::Subject, count: usize) {
+    world
+        .log
+        .wait_until(
+            Duration::from_secs(60),
+            &format!("{count} {subject} events"),
+            |all| all.iter().filter(|l| l.subject == subject).count() >= count,
+        )
+        .await;
+}
+
+/// Two orders and two expiration processes of one world, and a client of each orders API.
+pub struct TwoOfEach {
+    /// `<name>-orders-a`, `<name>-orders-b`, `<name>-expiration-a`, `<name>-expiration-b`.
+    pub processes: Vec<ServiceProcess>,
+    pub apis: [OrdersApi; 2],
+}
+
+/// Starts two replicas of each service in `world`, named after `name`.
+pub async fn start_two_of_each(world: &Scenario, name: &str) -> TwoOfEach {
+    let orders_a = world
+        .start_orders(&format!("{name}-orders-a"))
+        .await
+        .unwrap();
+    let orders_b = world
+        .start_orders(&format!("{name}-orders-b"))
+        .await
+        .unwrap();
+    let apis = [
+        OrdersApi::new(&orders_a.url()),
+        OrdersApi::new(&orders_b.url()),
+    ];
+    let mut processes = vec![orders_a, orders_b];
+    for replica in ["a", "b"] {
+        let expiration = world
+            .start_expiration(&format!("{name}-expiration-{replica}"))
+            .await
+            .unwrap();
+        processes.push(expiration);
+    }
+    TwoOfEach { processes, apis }
 }

@@ -10,7 +10,7 @@ use common::Subject;
 use common::events::ExpirationComplete;
 use common::testing::clusters::RedisCluster;
 use common::testing::{TestBus, TestStream, eventually};
-use expiration::queue::Queue;
+use expiration::queue::{Queue, RedisTarget};
 
 use super::helpers::*;
 
@@ -44,9 +44,14 @@ async fn on_a_redis_cluster_the_worker_schedules_fires_and_cancels() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...until another replica schedules an earlier one: only the wake channel, published by a
     // script on the queue's master and heard on another node, can tell it.
-    let other = Queue::connect(&cluster.url_list(), queue.name().clone())
-        .await
-        .unwrap();
+    // That replica reaches the cluster through one node, as through a configuration endpoint
+    // with REDIS_CLUSTER=true: the client learns the rest.
+    let one_node = RedisTarget {
+        cluster: true,
+        ..RedisTarget::parse(&cluster.urls()[0])
+    };
+    let other = Queue::open(&one_node, queue.name().clone()).await.unwrap();
+    assert!(other.on_cluster());
     let soon = order_id();
     let scheduled = Instant::now();
     other.schedule(&soon, now_ms()).await.unwrap();
@@ -106,17 +111,7 @@ async fn on_a_redis_cluster_the_worker_schedules_fires_and_cancels() {
         "only the far job is left"
     );
     // The queue tool reads the same variables.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_expiration"))
-        .arg("inspect")
-        .env_clear()
-        .env("REDIS_URL", cluster.url_list())
-        .env("REDIS_KEY_PREFIX", &queue.name().prefix)
-        .env("EXPIRATION_QUEUE", &queue.name().name)
-        .output()
-        .await
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
+    let report = run_queue_tool(&cluster.url_list(), queue.name(), &["inspect"]).await;
     assert!(
         report.contains("pending      1 (1 waiting, 0 being fired)"),
         "{report}"

@@ -155,3 +155,19 @@ pub async fn spawn_worker(env: &Env) -> ServiceProcess {
 
 /// Lease used by the queue-level tests.
 pub const LEASE: Duration = Duration::from_secs(30);
+
+/// `expiration <args>` (the queue tool) with only the variables naming the queue `name` at
+/// `redis_url`; its standard output, once it has exited 0.
+pub async fn run_queue_tool(redis_url: &str, name: &QueueName, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_expiration"))
+        .args(args)
+        .env_clear()
+        .env("REDIS_URL", redis_url)
+        .env("REDIS_KEY_PREFIX", &name.prefix)
+        .env("EXPIRATION_QUEUE", &name.name)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}

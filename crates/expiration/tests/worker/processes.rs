@@ -164,19 +164,7 @@ async fn the_inspect_command_shows_pending_and_dead_jobs_and_requeues_them() {
         .unwrap();
     let inspect = |args: &'static [&'static str]| {
         let name = queue.name().clone();
-        async move {
-            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_expiration"))
-                .args(args)
-                .env_clear()
-                .env("REDIS_URL", redis_url())
-                .env("REDIS_KEY_PREFIX", &name.prefix)
-                .env("EXPIRATION_QUEUE", &name.name)
-                .output()
-                .await
-                .unwrap();
-            assert!(output.status.success(), "{output:?}");
-            String::from_utf8(output.stdout).unwrap()
-        }
+        async move { run_queue_tool(&redis_url(), &name, args).await }
     };
     let report = inspect(&["inspect"]).await;
     assert!(
