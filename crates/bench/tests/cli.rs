@@ -26,4 +26,18 @@ fn the_benchmark_commands_explain_themselves_and_name_a_bad_argument_in_one_line
         "--jobs=`0` is invalid",
     );
     cli::assert_one_line_error(expiration, &["drain"], &[], "unrecognized subcommand");
+    // Scope worker runs the expiration binary; a wrong path is a bad setting, said before any
+    // server is needed.
+    cli::assert_one_line_error(
+        expiration,
+        &[
+            "burst",
+            "--scope",
+            "worker",
+            "--worker-bin",
+            "/nowhere/expiration",
+        ],
+        &[],
+        "/nowhere/expiration is missing",
+    );
 }

@@ -9,11 +9,14 @@
 //! `burst`: N jobs all due at one moment a little ahead; `add_per_s` is how fast they went in,
 //! `drain_per_s` how fast they came out once due. `steady`: R jobs a second for S seconds, each
 //! due 1 s after it was added. Scope `queue` is the queue and the firing loop with a no-op
-//! handler; scope `worker` is the whole worker in this process, `order:created` in over NATS and
-//! `expiration:complete` out, timed by a subscriber. One JSON line per run on stdout. Every run
-//! uses keys and a stream of its own and deletes them at the end.
+//! handler; scope `worker` is the whole worker, the `expiration` binary run as a process of its
+//! own (`--worker-bin`), `order:created` in over NATS and `expiration:complete` out, timed by a
+//! subscriber here. `rss_mb` is the worker's peak resident set (this process at scope queue, the
+//! `expiration` process at scope worker), `bench_rss_mb` this process'. One JSON line per run on
+//! stdout. Every run uses keys and a stream of its own and deletes them at the end.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,10 +27,10 @@ use common::Subject;
 use common::bus::{self, StreamSpec};
 use common::config::{Settings, parse};
 use common::events::{OrderCreated, OrderCreatedTicket, OrderStatus};
+use common::testing::servers::{self, ServiceProcess};
 use expiration::config::Config;
 use expiration::metrics::Metrics;
 use expiration::queue::{Job, MAX_BATCH, Queue, QueueName, RedisTarget, WaitReplicas};
-use expiration::startup::Application;
 use expiration::worker::{BoxError, JobHandler, Worker, WorkerOptions};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +94,9 @@ struct CommonArgs {
     /// Jobs fired at once
     #[arg(long, default_value = "50", value_parser = parse::positive::<usize>)]
     concurrency: usize,
+    /// The expiration binary run at scope worker [default: `expiration` beside this program]
+    #[arg(long = "worker-bin")]
+    worker_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +122,7 @@ struct Args {
     redis_wait_replicas: WaitReplicas,
     nats_url: String,
     concurrency: usize,
+    worker_bin: PathBuf,
 }
 
 impl From<Cli> for Args {
@@ -138,6 +145,7 @@ impl From<Cli> for Args {
             redis_wait_replicas: common.redis_wait_replicas,
             nats_url: common.nats_url,
             concurrency: common.concurrency,
+            worker_bin: common.worker_bin.unwrap_or_else(beside_this_program),
         }
     }
 }
@@ -145,15 +153,32 @@ impl From<Cli> for Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::from(Cli::load());
+    if args.scope == Scope::Worker && !args.worker_bin.is_file() {
+        eprintln!(
+            "--worker-bin: {} is missing: build it (cargo build --release -p expiration) or name another",
+            args.worker_bin.display()
+        );
+        std::process::exit(2);
+    }
     let run = Run::start(&args).await?;
     let result = match args.mode {
         Mode::Burst => burst(&args, &run).await,
         Mode::Steady => steady(&args, &run).await,
     };
-    run.clean().await;
+    let rss_mb = run.worker_peak_rss_mb();
+    let cleaned = run.clean().await;
     let report = result?;
-    println!("{}", report.json(&args));
+    cleaned?;
+    println!("{}", report.json(&args, rss_mb));
     Ok(())
+}
+
+/// `expiration` in the directory of this program (both are built into the same target dir).
+fn beside_this_program() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("expiration")))
+        .unwrap_or_else(|| PathBuf::from("expiration"))
 }
 
 fn now_ms() -> i64 {
@@ -210,7 +235,10 @@ struct Run {
     queue: Queue,
     record: Arc<Record>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    /// Scope queue: the firing loop in this process.
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Scope worker: the `expiration` binary, a process of its own.
+    worker: Option<ServiceProcess>,
     /// Worker scope: the stream the jobs come in on.
     nats: Option<(async_nats::jetstream::Context, StreamSpec)>,
     /// Worker scope: due time of each order, by the order id's number.
@@ -255,21 +283,26 @@ impl Run {
                     queue,
                     record,
                     shutdown,
-                    task,
+                    task: Some(task),
+                    worker: None,
                     nats: None,
                     dues,
                 })
             }
             Scope::Worker => {
                 let stream = name.name.clone();
-                let env: HashMap<&str, String> = HashMap::from([
+                let ops_port = servers::free_port();
+                let env: Vec<(String, String)> = [
                     ("NATS_URL", args.nats_url.clone()),
+                    ("NATS_TRANSPORT", "jetstream".into()),
+                    // As the manifests run it.
+                    ("LOG_FORMAT", "json".into()),
                     ("NATS_CLUSTER_ID", stream.clone()),
                     ("NATS_SUBJECT_PREFIX", format!("{stream}.")),
                     ("REDIS_URL", args.redis_url.clone()),
                     ("REDIS_KEY_PREFIX", name.prefix.clone()),
                     ("EXPIRATION_QUEUE", name.name.clone()),
-                    ("OPS_PORT", "0".into()),
+                    ("OPS_PORT", ops_port.to_string()),
                     ("EXPIRATION_CONCURRENCY", args.concurrency.to_string()),
                     (
                         "REDIS_WAIT_REPLICAS",
@@ -278,11 +311,30 @@ impl Run {
                             WaitReplicas::Count(count) => count.to_string(),
                         },
                     ),
-                ]);
-                let config = Config::from_lookup(|key| env.get(key).cloned())?;
-                let spec = config.nats.stream();
-                let app = Application::build(config).await?;
-                let queue = app.queue().clone();
+                ]
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect();
+                let spec = {
+                    let lookup: HashMap<_, _> = env.iter().cloned().collect();
+                    Config::from_lookup(|key| lookup.get(key).cloned())?
+                        .nats
+                        .stream()
+                };
+                // The service binary itself, logging as it would in a pod (to a file here).
+                let logs =
+                    std::env::temp_dir().join(format!("expiration-bench-{}", std::process::id()));
+                let worker =
+                    ServiceProcess::start("expiration", &args.worker_bin, env, ops_port, &logs)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("the worker did not start: {e}"))?;
+                let target = RedisTarget {
+                    replicas: args.redis_wait_replicas,
+                    ..RedisTarget::parse(&args.redis_url)
+                };
+                let queue = Queue::open(&target, name)
+                    .await
+                    .context("cannot reach Redis")?;
                 let client = async_nats::connect(args.nats_url.as_str()).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 bus::ensure_stream(&js, &spec).await?;
@@ -305,19 +357,12 @@ impl Run {
                         }
                     }
                 });
-                let task = tokio::spawn({
-                    let shutdown = shutdown.clone();
-                    async move {
-                        if let Err(e) = app.run(shutdown).await {
-                            eprintln!("the worker failed: {}", common::telemetry::ErrorChain(&e));
-                        }
-                    }
-                });
                 Ok(Run {
                     queue,
                     record,
                     shutdown,
-                    task,
+                    task: None,
+                    worker: Some(worker),
                     nats: Some((js, spec)),
                     dues,
                 })
@@ -378,13 +423,44 @@ impl Run {
         Ok(())
     }
 
-    async fn clean(self) {
+    /// The worker's peak resident set in MB: this process at scope queue, the `expiration`
+    /// process at scope worker.
+    fn worker_peak_rss_mb(&self) -> f64 {
+        match &self.worker {
+            Some(worker) => worker.pid().map(peak_rss_mb).unwrap_or(0.0),
+            None => peak_rss_mb(std::process::id()),
+        }
+    }
+
+    /// Stops the worker (it must exit 0 on SIGTERM) and deletes what the run made.
+    async fn clean(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let stopped = match self.worker.as_mut() {
+            Some(worker) => match worker.terminate().await {
+                Ok(Some(0)) => Ok(()),
+                Ok(code) => Err(anyhow::anyhow!(
+                    "the worker exited with {code:?} on SIGTERM; log:\n{}",
+                    worker.log_tail(20)
+                )),
+                Err(e) => Err(anyhow::anyhow!("the worker did not stop: {e}")),
+            },
+            None => Ok(()),
+        };
+        if let Some(worker) = self.worker.take() {
+            let logs = worker.log_path().parent().map(PathBuf::from);
+            drop(worker);
+            if let Some(logs) = logs {
+                let _ = std::fs::remove_dir(logs);
+            }
+        }
         let _ = self.queue.delete().await;
         if let Some((js, spec)) = &self.nats {
             let _ = js.delete_stream(&spec.name).await;
         }
+        stopped
     }
 }
 
@@ -411,7 +487,8 @@ struct Report {
 }
 
 impl Report {
-    fn json(&self, args: &Args) -> String {
+    /// One JSON line; `rss_mb` is the worker's peak resident set.
+    fn json(&self, args: &Args, rss_mb: f64) -> String {
         let mut late = self.late_ms.clone();
         late.sort_by(f64::total_cmp);
         let pick = |q: f64| {
@@ -432,7 +509,8 @@ impl Report {
             "late_p50_ms": pick(0.50),
             "late_p99_ms": pick(0.99),
             "late_max_ms": pick(1.0),
-            "rss_mb": round(peak_rss_mb()),
+            "rss_mb": round(rss_mb),
+            "bench_rss_mb": round(peak_rss_mb(std::process::id())),
         });
         if args.mode == Mode::Steady {
             line["rate"] = args.rate.into();
@@ -449,9 +527,9 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The process' peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Process `pid`'s peak resident set (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status

@@ -524,6 +524,11 @@ impl ServiceProcess {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The value of the metric line `name` it serves on `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         super::metric(self.port, name).await
