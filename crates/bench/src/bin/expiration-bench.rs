@@ -251,15 +251,16 @@ impl Run {
         let record = Arc::new(Record::default());
         let shutdown = CancellationToken::new();
         let dues = Arc::new(Mutex::new(HashMap::new()));
+        // The queue's handle: the firing loop's at scope queue, else for counting and clean-up.
+        let target = RedisTarget {
+            replicas: args.redis_wait_replicas,
+            ..RedisTarget::parse(&args.redis_url)
+        };
+        let queue = Queue::open(&target, name.clone())
+            .await
+            .context("cannot reach Redis")?;
         match args.scope {
             Scope::Queue => {
-                let target = RedisTarget {
-                    replicas: args.redis_wait_replicas,
-                    ..RedisTarget::parse(&args.redis_url)
-                };
-                let queue = Queue::open(&target, name)
-                    .await
-                    .context("cannot reach Redis")?;
                 let options = WorkerOptions {
                     concurrency: args.concurrency,
                     ..WorkerOptions::default()
@@ -328,13 +329,6 @@ impl Run {
                     ServiceProcess::start("expiration", &args.worker_bin, env, ops_port, &logs)
                         .await
                         .map_err(|e| anyhow::anyhow!("the worker did not start: {e}"))?;
-                let target = RedisTarget {
-                    replicas: args.redis_wait_replicas,
-                    ..RedisTarget::parse(&args.redis_url)
-                };
-                let queue = Queue::open(&target, name)
-                    .await
-                    .context("cannot reach Redis")?;
                 let client = async_nats::connect(args.nats_url.as_str()).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 bus::ensure_stream(&js, &spec).await?;
