@@ -63,8 +63,25 @@ pub fn init(args: &LogArgs) {
             )
             .try_init()
     } else {
-        registry.with(layer_fmt::layer()).try_init()
+        registry
+            .with(layer_fmt::layer().with_ansi(colour()))
+            .try_init()
     };
+}
+
+/// Colours only for a person at a terminal: a log file, a pipe or `kubectl logs` gets plain
+/// text, and so does anyone who sets `NO_COLOR` (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    wants_colour(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// Colour on a terminal, unless `NO_COLOR` is set to anything but the empty string.
+fn wants_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Logging as the process environment says (`LOG_FORMAT`, `RUST_LOG`), for tests and tools
@@ -108,6 +125,16 @@ pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color_set() {
+        use std::ffi::OsStr;
+        assert!(wants_colour(true, None));
+        assert!(wants_colour(true, Some(OsStr::new(""))));
+        assert!(!wants_colour(true, Some(OsStr::new("1"))));
+        assert!(!wants_colour(false, None));
+        assert!(!wants_colour(false, Some(OsStr::new(""))));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]

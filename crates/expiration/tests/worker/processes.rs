@@ -75,6 +75,20 @@ async fn sigterm_finishes_the_publishes_in_flight_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_log_written_to_a_file_is_plain_text_without_colour_codes() {
+    let stream = TestStream::new().await;
+    let queue = test_queue().await;
+    let env = worker_env(&stream.env(), &redis_url(), queue.name());
+    let mut worker = spawn_worker(&env).await;
+    assert_eq!(worker.terminate().await.unwrap(), Some(0));
+    let log = worker.log_text();
+    assert!(log.contains("expiration worker running"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a log file:\n{log}");
+    queue.delete().await.unwrap();
+    stream.delete().await;
+}
+
+#[tokio::test]
 async fn three_replicas_fire_each_of_a_thousand_jobs_exactly_once() {
     let stream = TestStream::new().await;
     let queue = test_queue().await;
