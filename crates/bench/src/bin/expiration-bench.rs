@@ -323,8 +323,7 @@ impl Run {
                         .stream()
                 };
                 // The service binary itself, logging as it would in a pod (to a file here).
-                let logs =
-                    std::env::temp_dir().join(format!("expiration-bench-{}", std::process::id()));
+                let logs = common::testing::temp_dir("expiration-bench");
                 let worker =
                     ServiceProcess::start("expiration", &args.worker_bin, env, ops_port, &logs)
                         .await
