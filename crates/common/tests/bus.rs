@@ -750,6 +750,43 @@ async fn the_event_log_sees_every_subject_with_its_store_time() {
     stream.delete().await;
 }
 
+#[tokio::test]
+async fn a_wait_on_the_event_log_that_times_out_says_what_the_log_and_the_consumers_hold() {
+    let stream = TestStream::new().await;
+    stream.publish(&expiration(5)).await;
+    let log = stream.log().await;
+    log.wait_until(Duration::from_secs(5), "one message", |all| all.len() == 1)
+        .await;
+    let panic = tokio::spawn(async move {
+        log.wait_until_explained(
+            Duration::from_millis(200),
+            "a second message",
+            |all| all.len() == 2,
+            |all| format!("explained over {} messages", all.len()),
+        )
+        .await
+    });
+    let message = panic.await.expect_err("the wait times out").into_panic();
+    let message = message
+        .downcast_ref::<String>()
+        .expect("a formatted panic message");
+    assert!(
+        message.starts_with("timed out after 200ms waiting for a second message\n"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the log holds: 1 expiration:complete"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("consumers of stream {}:", stream.spec.name)),
+        "{message}"
+    );
+    assert!(message.contains("pending 0"), "{message}");
+    assert!(message.ends_with("explained over 1 messages"), "{message}");
+    stream.delete().await;
+}
+
 /// `NatsConfig` as a service reads it from `pairs`.
 fn nats_config(pairs: &[(&str, &str)]) -> common::bus::NatsConfig {
     #[derive(clap::Parser, Debug)]

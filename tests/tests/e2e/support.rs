@@ -1,11 +1,12 @@
 //! A run of many orders and the checks every test makes on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::Subject;
 use common::events::{ExpirationComplete, OrderCancelled, OrderCreated};
-use common::testing::EventLog;
+use common::testing::{EventLog, Logged};
 use e2e::orders_api::OrdersApi;
 use e2e::process::ServiceProcess;
 use e2e::scenario::Scenario;
@@ -145,6 +146,67 @@ pub async fn assert_expired_exactly_once(
         .latency
 }
 
+/// The ids of `placed` orders that `subject`'s events in the log name.
+fn order_ids<'a>(all: &[Logged], subject: Subject, placed: &'a [Placed]) -> HashSet<&'a str> {
+    let named: HashSet<String> = all
+        .iter()
+        .filter(|l| l.subject == subject)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l.body).ok())
+        .filter_map(|body| {
+            body.get("id")
+                .or_else(|| body.get("orderId"))
+                .and_then(|id| id.as_str().map(str::to_owned))
+        })
+        .collect();
+    placed
+        .iter()
+        .map(|p| p.order_id.as_str())
+        .filter(|id| named.contains(*id))
+        .collect()
+}
+
+/// Which `expected` orders still lack `subject`'s event, and what the log holds for a few.
+fn lacking(
+    all: &[Logged],
+    placed: &[Placed],
+    subject: Subject,
+    expected: fn(&Placed) -> bool,
+) -> String {
+    let have = order_ids(all, subject, placed);
+    let lacking: Vec<&Placed> = placed
+        .iter()
+        .filter(|p| expected(p) && !have.contains(p.order_id.as_str()))
+        .collect();
+    let mut lines = vec![format!(
+        "{} orders have no {subject}; the first of them:",
+        lacking.len()
+    )];
+    for order in lacking.iter().take(8) {
+        let seen: Vec<String> = [
+            Subject::OrderCreated,
+            Subject::ExpirationComplete,
+            Subject::OrderCancelled,
+        ]
+        .into_iter()
+        .map(|s| {
+            let n = all
+                .iter()
+                .filter(|l| l.subject == s && l.body.contains(&order.order_id))
+                .count();
+            format!("{s} x{n}")
+        })
+        .collect();
+        lines.push(format!(
+            "  order {} (expiresAt {}, {}): {}",
+            order.order_id,
+            common::events::timestamp::format(&order.expires_at),
+            if order.paid { "paid" } else { "unpaid" },
+            seen.join(", ")
+        ));
+    }
+    lines.join("\n")
+}
+
 /// What a run's events showed.
 pub struct Expired {
     /// `expiration:complete` store time minus `expiresAt`, over all orders (first copies).
@@ -173,31 +235,18 @@ pub async fn assert_expired_once(
     republish: Republish,
 ) -> Expired {
     let unpaid = placed.iter().filter(|p| !p.paid).count();
-    let wanted: std::collections::HashSet<&str> =
-        placed.iter().map(|p| p.order_id.as_str()).collect();
-    let distinct = |all: &[common::testing::Logged], subject: common::Subject| {
-        all.iter()
-            .filter(|l| l.subject == subject)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l.body).ok())
-            .filter_map(|body| {
-                body.get("id")
-                    .or_else(|| body.get("orderId"))
-                    .and_then(|id| id.as_str().map(str::to_owned))
-            })
-            .filter(|id| wanted.contains(id.as_str()))
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-    };
-    log.wait_until(
+    log.wait_until_explained(
         deadline,
         &format!("{unpaid} order:cancelled events"),
-        |all| distinct(all, common::Subject::OrderCancelled) >= unpaid,
+        |all| order_ids(all, Subject::OrderCancelled, placed).len() >= unpaid,
+        |all| lacking(all, placed, Subject::OrderCancelled, |p| !p.paid),
     )
     .await;
-    log.wait_until(
+    log.wait_until_explained(
         deadline,
         &format!("{} expiration:complete events", placed.len()),
-        |all| distinct(all, common::Subject::ExpirationComplete) >= placed.len(),
+        |all| order_ids(all, Subject::ExpirationComplete, placed).len() >= placed.len(),
+        |all| lacking(all, placed, Subject::ExpirationComplete, |_| true),
     )
     .await;
     // Anything extra (a second cancellation, a paid order cancelled late) would show up now.

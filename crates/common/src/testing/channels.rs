@@ -183,7 +183,11 @@ impl TestChannels {
                 });
             }
         });
-        EventLog { entries, task }
+        EventLog {
+            entries,
+            task,
+            stream: None,
+        }
     }
 }
 

@@ -63,17 +63,32 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `deadline`.
-pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut condition: F)
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, condition: F)
 where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_explained(deadline, what, condition, async { String::new() }).await;
+}
+
+/// [`eventually`], whose panic also carries what `explain` (run only then) says of the state it
+/// gave up on.
+pub async fn eventually_explained<F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut condition: F,
+    explain: impl Future<Output = String>,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
     while !condition().await {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if start.elapsed() >= deadline {
+            let explanation = explain.await;
+            let sep = if explanation.is_empty() { "" } else { "\n" };
+            panic!("timed out after {deadline:?} waiting for {what}{sep}{explanation}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

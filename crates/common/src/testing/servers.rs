@@ -419,6 +419,8 @@ pub struct ServiceProcess {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Where this process' part of the log begins: a kept log of an earlier run is appended to.
+    log_start: u64,
     starts: u32,
     keep_log: bool,
 }
@@ -454,13 +456,16 @@ impl ServiceProcess {
             .into());
         }
         std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join(format!("{name}.log"));
+        let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut process = ServiceProcess {
             name: name.to_owned(),
             path: path.to_owned(),
             env,
             port,
             child: None,
-            log: log_dir.join(format!("{name}.log")),
+            log,
+            log_start,
             starts: 0,
             keep_log: false,
         };
@@ -562,9 +567,18 @@ impl ServiceProcess {
         self.keep_log = true;
     }
 
-    /// The whole log so far.
+    /// The whole log of this process (every start) so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        use std::io::{Read, Seek};
+        let mut text = Vec::new();
+        let read = std::fs::File::open(&self.log).and_then(|mut file| {
+            file.seek(std::io::SeekFrom::Start(self.log_start))?;
+            file.read_to_end(&mut text)
+        });
+        match read {
+            Ok(_) => String::from_utf8_lossy(&text).into_owned(),
+            Err(_) => String::new(),
+        }
     }
 
     /// The last `lines` lines of the log.
@@ -574,11 +588,35 @@ impl ServiceProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The last `lines` lines of the log at level WARN or ERROR, with the markers of its starts.
+    pub fn log_warnings(&self, lines: usize) -> String {
+        warnings(&self.log_text(), lines)
+    }
+
     /// The log file's path.
     pub fn log_path(&self) -> &Path {
         &self.log
     }
 }
+
+/// The last `lines` lines of a service's log (text or JSON format) at level WARN or ERROR, and
+/// the markers [`ServiceProcess`] writes at each start.
+fn warnings(log: &str, lines: usize) -> String {
+    let levels = [
+        " WARN ",
+        " ERROR ",
+        "\"level\":\"WARN\"",
+        "\"level\":\"ERROR\"",
+    ];
+    let chosen: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("---- start #") || levels.iter().any(|l| line.contains(l)))
+        .collect();
+    chosen[chosen.len().saturating_sub(lines)..].join("\n")
+}
+
+/// How many warning lines a failed test prints of each service's log.
+const WARNINGS_SHOWN: usize = 30;
 
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
@@ -586,9 +624,41 @@ impl Drop for ServiceProcess {
             let _ = child.start_kill();
         }
         if std::thread::panicking() {
-            eprintln!("{} log: {}", self.name, self.log.display());
+            // CI shows only the output: the warnings say most of what the log would.
+            eprintln!(
+                "{} log: {}; its starts and last warnings:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_warnings(WARNINGS_SHOWN)
+            );
         } else if !self.keep_log {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failed_tests_summary_of_a_log_keeps_starts_warnings_and_errors_only() {
+        let log = "---- start #1 of w ----\n\
+                   2026-11-27T21:00:00Z  INFO expiration: running\n\
+                   2026-11-27T21:00:01Z  WARN common::bus: handler failed\n\
+                   {\"level\":\"ERROR\",\"message\":\"lost\"}\n\
+                   {\"level\":\"INFO\",\"message\":\"fine\"}\n\
+                   ---- start #2 of w ----\n\
+                   2026-11-27T21:00:02Z ERROR expiration: gave up\n";
+        assert_eq!(
+            super::warnings(log, 10),
+            "---- start #1 of w ----\n\
+             2026-11-27T21:00:01Z  WARN common::bus: handler failed\n\
+             {\"level\":\"ERROR\",\"message\":\"lost\"}\n\
+             ---- start #2 of w ----\n\
+             2026-11-27T21:00:02Z ERROR expiration: gave up"
+        );
+        assert_eq!(
+            super::warnings(log, 2),
+            "---- start #2 of w ----\n2026-11-27T21:00:02Z ERROR expiration: gave up"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
-use super::{eventually, nats_url, unique_name};
+use super::{eventually, eventually_explained, nats_url, unique_name};
 use crate::bus::{self, Publisher, StreamSpec};
 use crate::{Event, Subject};
 
@@ -247,6 +247,8 @@ impl Logged {
 pub struct EventLog {
     pub(crate) entries: std::sync::Arc<std::sync::Mutex<Vec<Logged>>>,
     pub(crate) task: tokio::task::JoinHandle<()>,
+    /// The JetStream stream logged, whose consumers a timeout describes.
+    pub(crate) stream: Option<StreamProbe>,
 }
 
 impl EventLog {
@@ -264,14 +266,52 @@ impl EventLog {
             .collect()
     }
 
-    /// Waits until `condition` holds for the log; panics with `what` after `deadline`.
+    /// Waits until `condition` holds for the log; panics with `what` after `deadline`, saying
+    /// how many messages of each subject the log holds and, on JetStream, where each consumer
+    /// of the stream stands.
     pub async fn wait_until(
         &self,
         deadline: Duration,
         what: &str,
         condition: impl Fn(&[Logged]) -> bool,
     ) {
-        eventually(deadline, what, || async { condition(&self.all()) }).await;
+        self.wait_until_explained(deadline, what, condition, |_| String::new())
+            .await;
+    }
+
+    /// [`EventLog::wait_until`], whose panic also carries what `explain` says of the log.
+    pub async fn wait_until_explained(
+        &self,
+        deadline: Duration,
+        what: &str,
+        condition: impl Fn(&[Logged]) -> bool,
+        explain: impl FnOnce(&[Logged]) -> String,
+    ) {
+        let explanation = async {
+            let all = self.all();
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for logged in &all {
+                *counts.entry(logged.subject.to_string()).or_default() += 1;
+            }
+            let counts: Vec<String> = counts
+                .iter()
+                .map(|(subject, n)| format!("{n} {subject}"))
+                .collect();
+            let mut lines = vec![format!("the log holds: {}", counts.join(", "))];
+            if let Some(stream) = &self.stream {
+                lines.push(stream.consumers_state().await);
+            }
+            lines.push(explain(&all));
+            lines.retain(|line| !line.is_empty());
+            lines.join("\n")
+        };
+        eventually_explained(
+            deadline,
+            what,
+            || async { condition(&self.all()) },
+            explanation,
+        )
+        .await;
     }
 
     /// Waits for `count` messages of `E`'s subject and returns them.
@@ -286,6 +326,44 @@ impl EventLog {
         })
         .await;
         self.events::<E>()
+    }
+}
+
+/// What a timed-out wait asks JetStream about the logged stream.
+pub(crate) struct StreamProbe {
+    js: jetstream::Context,
+    name: String,
+}
+
+impl StreamProbe {
+    /// One line per consumer of the stream: where it stands, and its leader.
+    async fn consumers_state(&self) -> String {
+        use futures::StreamExt;
+        let Ok(stream) = self.js.get_stream(&self.name).await else {
+            return format!("stream {}: no answer to its info", self.name);
+        };
+        let mut lines = vec![format!("consumers of stream {}:", self.name)];
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            lines.push(match info {
+                Ok(info) => format!(
+                    "  {}: delivered {}, acked up to {}, ack pending {}, redelivered {}, \
+                     pending {}, pull requests waiting {}, leader {}",
+                    info.name,
+                    info.delivered.stream_sequence,
+                    info.ack_floor.stream_sequence,
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    info.num_pending,
+                    info.num_waiting,
+                    info.cluster
+                        .and_then(|cluster| cluster.leader)
+                        .unwrap_or_else(|| "-".into()),
+                ),
+                Err(e) => format!("  (a consumer's info failed: {e})"),
+            });
+        }
+        lines.join("\n")
     }
 }
 
@@ -336,6 +414,13 @@ impl TestStream {
                 sink.lock().expect("event log lock").push(logged);
             }
         });
-        EventLog { entries, task }
+        EventLog {
+            entries,
+            task,
+            stream: Some(StreamProbe {
+                js: self.js.clone(),
+                name: self.spec.name.clone(),
+            }),
+        }
     }
 }
