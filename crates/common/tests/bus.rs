@@ -787,6 +787,72 @@ async fn a_wait_on_the_event_log_that_times_out_says_what_the_log_and_the_consum
     stream.delete().await;
 }
 
+#[tokio::test]
+async fn on_a_cluster_the_event_log_carries_on_within_seconds_when_the_server_holding_it_dies() {
+    let mut nats = common::testing::clusters::NatsCluster::start(3).await;
+    let stream = TestStream::replicated(&nats.url_list(), 3).await;
+    stream.publish(&expiration(1)).await;
+
+    // The log's consumer lives on one server: make one that lives elsewhere than the server
+    // the client talks to (losing that one, the client would reconnect and pull again at once).
+    let connected = stream.client.server_info().server_name;
+    let (log, server) = loop {
+        let log = stream.log().await;
+        let server = newest_consumer_server(&stream).await;
+        if server != connected {
+            break (log, server);
+        }
+    };
+    log.wait_until(Duration::from_secs(10), "the first message", |all| {
+        all.len() == 1
+    })
+    .await;
+    let index: usize = server
+        .trim_start_matches('n')
+        .parse()
+        .expect("servers are named n<index>");
+    nats.kill(index).await;
+
+    let publisher = stream.publisher();
+    eventually(
+        Duration::from_secs(20),
+        "the stream taking a publish",
+        || async { publisher.publish(&expiration(2)).await.is_ok() },
+    )
+    .await;
+    let published = Instant::now();
+    log.wait_until(
+        Duration::from_secs(90),
+        "the message published after the kill",
+        |all| all.len() == 2,
+    )
+    .await;
+    let seen = published.elapsed();
+    println!(
+        "server {server}, holding the log's consumer, killed: the log saw the next message {seen:?} after its publish"
+    );
+    assert!(
+        seen < Duration::from_secs(5),
+        "the log took {seen:?} to carry on without its consumer"
+    );
+    drop(log);
+    stream.delete().await;
+}
+
+/// The server holding the consumer of `stream` created last.
+async fn newest_consumer_server(stream: &TestStream) -> String {
+    use futures::StreamExt;
+    let js_stream = stream.js.get_stream(&stream.spec.name).await.unwrap();
+    let infos: Vec<_> = js_stream.consumers().collect().await;
+    infos
+        .into_iter()
+        .map(|info| info.expect("a consumer's info"))
+        .max_by_key(|info| info.created)
+        .and_then(|info| info.cluster)
+        .and_then(|cluster| cluster.leader)
+        .expect("a consumer in a cluster names its server")
+}
+
 /// `NatsConfig` as a service reads it from `pairs`.
 fn nats_config(pairs: &[(&str, &str)]) -> common::bus::NatsConfig {
     #[derive(clap::Parser, Debug)]

@@ -1,6 +1,7 @@
 //! A JetStream stream of a test's own, so that tests share one NATS server without seeing each
 //! other's events, and the log of everything it holds.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -373,10 +374,20 @@ impl Drop for EventLog {
     }
 }
 
+/// After this long without a message, an [`EventLog`] asks the stream whether it missed any.
+const LOG_QUIET: Duration = Duration::from_secs(1);
+
 impl TestStream {
     /// Starts logging every message of the stream, from its first.
+    ///
+    /// Messages arrive through an ordered consumer. That consumer lives on one server, and when
+    /// the server dies the client takes a minute or more to notice and rebuild it; so whenever
+    /// the log has heard nothing for [`LOG_QUIET`], it asks the stream (which survives a lost
+    /// server) whether it holds more, and fetches what it missed by sequence.
     pub async fn log(&self) -> EventLog {
         use futures::StreamExt;
+        use jetstream::stream::RawMessageErrorKind;
+        use tokio::time::timeout;
         let stream = self
             .js
             .get_stream(&self.spec.name)
@@ -394,24 +405,69 @@ impl TestStream {
         let sink = entries.clone();
         let prefix = self.spec.subject_prefix.clone();
         let task = tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                let Ok(message) = message else { continue };
-                let Ok(info) = message.info() else { continue };
-                let Some(subject) = message
-                    .subject
-                    .as_str()
+            // The last stream sequence logged: what the consumer delivers again is skipped.
+            let last = std::sync::atomic::AtomicU64::new(0);
+            let log = |subject: &str, payload: &[u8], stored_at, sequence| {
+                if sequence <= last.load(Ordering::Relaxed) {
+                    return;
+                }
+                last.store(sequence, Ordering::Relaxed);
+                let Some(subject) = subject
                     .strip_prefix(prefix.as_str())
                     .and_then(Subject::parse)
                 else {
-                    continue;
+                    return;
                 };
-                let logged = Logged {
+                sink.lock().expect("event log lock").push(Logged {
                     subject,
-                    body: String::from_utf8_lossy(&message.payload).into_owned(),
-                    stored_at: info.published,
-                    sequence: info.stream_sequence,
-                };
-                sink.lock().expect("event log lock").push(logged);
+                    body: String::from_utf8_lossy(payload).into_owned(),
+                    stored_at,
+                    sequence,
+                });
+            };
+            loop {
+                match timeout(LOG_QUIET, messages.next()).await {
+                    Ok(None) => return,
+                    Ok(Some(Ok(message))) => {
+                        if let Ok(info) = message.info() {
+                            log(
+                                message.subject.as_str(),
+                                &message.payload,
+                                info.published,
+                                info.stream_sequence,
+                            );
+                        }
+                    }
+                    // The client is reconnecting or rebuilding the consumer.
+                    Ok(Some(Err(_))) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_quiet) => {
+                        // Bounded, so that a request to a stream leader just lost is soon
+                        // asked again of the next one.
+                        let Ok(Ok(info)) = timeout(LOG_QUIET, stream.get_info()).await else {
+                            continue;
+                        };
+                        let mut next = last.load(Ordering::Relaxed) + 1;
+                        while next <= info.state.last_sequence {
+                            let Ok(fetched) =
+                                timeout(LOG_QUIET, stream.get_raw_message(next)).await
+                            else {
+                                break;
+                            };
+                            match fetched {
+                                Ok(message) => log(
+                                    message.subject.as_str(),
+                                    &message.payload,
+                                    message.time,
+                                    message.sequence,
+                                ),
+                                // Deleted from the stream: nothing to log.
+                                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+                                Err(_) => break,
+                            }
+                            next += 1;
+                        }
+                    }
+                }
             }
         });
         EventLog {
