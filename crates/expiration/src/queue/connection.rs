@@ -154,23 +154,15 @@ impl Connection {
         Ok(connected_replicas(&info))
     }
 
-    /// Loads `body` into the script cache of the master of `key` (only there: on a cluster,
-    /// loading it everywhere would fail while any node is down).
-    async fn load_script(&mut self, key: &[u8], body: &str) -> RedisResult<()> {
-        let mut command = redis::cmd("SCRIPT");
-        command.arg("LOAD").arg(body);
-        let key = String::from_utf8_lossy(key);
-        self.send_to_master_of(&key, command).await.map(drop)
-    }
-
     /// Whether this is a cluster connection.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Connection::Cluster(_))
     }
 }
 
-/// A Lua script of the queue, run with `EVALSHA` and loaded where it runs when that node does
-/// not know it yet (a new or restarted server, a replica just promoted).
+/// A Lua script of the queue, run with `EVALSHA`; where the node that runs it does not know it
+/// yet (a new or restarted server, a replica just promoted), with `EVAL` and its body, which
+/// leaves it cached there.
 pub(crate) struct Lua {
     hash: String,
     body: &'static str,
@@ -214,28 +206,43 @@ impl LuaCall<'_> {
 
     /// Runs the script on `conn` (on a cluster, on the master of its first key).
     pub(crate) async fn invoke<T: FromRedisValue>(&self, conn: &Connection) -> RedisResult<T> {
+        let mut conn = conn.clone();
+        match self
+            .command("EVALSHA", &self.lua.hash)
+            .query_async(&mut conn)
+            .await
+        {
+            // The body goes exactly where the hash went, following the same redirects. Loading
+            // it first with SCRIPT LOAD could put it on another node: SCRIPT LOAD names no key,
+            // and right after a failover the client's map of the cluster may still be stale.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.command("EVAL", self.lua.body)
+                    .query_async(&mut conn)
+                    .await
+            }
+            result => result,
+        }
+    }
+
+    /// `<verb> <script> <number of keys> <keys> <args>`.
+    fn command(&self, verb: &str, script: &str) -> Cmd {
         let bytes = self
             .keys
             .iter()
             .chain(&self.args)
             .map(Vec::len)
             .sum::<usize>();
-        let mut command = Cmd::with_capacity(3 + self.keys.len() + self.args.len(), bytes + 64);
+        let mut command = Cmd::with_capacity(
+            3 + self.keys.len() + self.args.len(),
+            bytes + script.len() + 16,
+        );
         command
-            .arg("EVALSHA")
-            .arg(&self.lua.hash)
+            .arg(verb)
+            .arg(script)
             .arg(self.keys.len())
             .arg(&self.keys[..])
             .arg(&self.args[..]);
-        let mut conn = conn.clone();
-        match command.query_async(&mut conn).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                let key = self.keys.first().map(Vec::as_slice).unwrap_or_default();
-                conn.load_script(key, self.lua.body).await?;
-                command.query_async(&mut conn).await
-            }
-            result => result,
-        }
+        command
     }
 }
 

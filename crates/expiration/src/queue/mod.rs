@@ -26,9 +26,9 @@
 //!
 //! # Scripts
 //!
-//! Every operation is one Lua script (`EVALSHA`, the script loaded on the node that runs it when
-//! that node does not know it yet), hence atomic. Time is
-//! always Redis `TIME`, read inside the script, so every replica agrees on "now".
+//! Every operation is one Lua script, hence atomic: `EVALSHA`, or `EVAL` with the script's body
+//! on a node that does not know it yet, which caches it there. Time is always Redis `TIME`, read
+//! inside the script, so every replica agrees on "now".
 //!
 //! - `schedule.lua` (batch): a new id is added; a known id with the same due time is left alone
 //!   (a redelivered event changes nothing, even mid-backoff); a known id with another due time is

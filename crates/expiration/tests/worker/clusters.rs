@@ -231,6 +231,38 @@ async fn killing_the_master_of_the_queue_mid_run_loses_no_acknowledged_job() {
 }
 
 #[tokio::test]
+async fn after_a_failover_a_handle_that_was_idle_runs_its_scripts_on_the_new_master() {
+    let mut cluster = RedisCluster::start(3, 1).await;
+    let queue = queue_on(&cluster.url_list()).await;
+    let job = order_id();
+    queue.schedule(&job, now_ms() + 60_000).await.unwrap();
+
+    // The master dies and comes back as its successor's replica while this handle is idle: its
+    // map of the cluster still names the old master's address, which now redirects, and the new
+    // master has never run the queue's scripts.
+    let key = format!("{}:due", queue.name().tag());
+    let master = cluster.master_of(&key).await;
+    cluster.kill(master).await;
+    cluster
+        .wait_for_failover(&key, master, Duration::from_secs(30))
+        .await;
+    cluster.start_again(master).await;
+    cluster
+        .wait_for_replica(&key, Duration::from_secs(30))
+        .await;
+
+    let stats = queue
+        .stats()
+        .await
+        .expect("the first script after the failover");
+    assert_eq!(stats.pending(), 1, "the job replicated before the kill");
+    let claim = queue.claim(10, Duration::from_secs(30)).await.unwrap();
+    assert!(claim.jobs.is_empty(), "not due for a minute");
+    assert_eq!(queue.cancel(&[job.as_str()]).await.unwrap(), 1);
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_schedule_is_acked_only_once_a_replica_holds_it() {
     let cluster = RedisCluster::start(3, 1).await;
     let bus = TestBus::JetStream(Box::new(TestStream::new().await));

@@ -595,3 +595,52 @@ async fn a_redis_that_refuses_info_is_used_without_waiting_for_replicas() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_server_that_never_ran_the_scripts_runs_them_without_a_separate_load() {
+    // A user who may run scripts but not manage the script cache. The first call on a server
+    // (a new one, a restarted one, a replica just promoted) finds no script there: it must run
+    // the script's body where the call went, not load it in a separate step, which on a cluster
+    // whose map the client has not caught up with can land on another node.
+    let redis = common::testing::RedisServer::start().await;
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "runner",
+            "on",
+            ">secret",
+            "~*",
+            "&*",
+            "+@all",
+            "-script|load",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = redis.url().replace("redis://", "redis://runner:secret@");
+    let queue = queue_on(&url).await;
+    let job = order_id();
+    queue
+        .schedule(&job, now_ms() - 1)
+        .await
+        .expect("the first script on this server");
+
+    // As a restarted or newly promoted server would, it forgets every script.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let claim = queue
+        .claim(10, Duration::from_secs(30))
+        .await
+        .expect("a script the server forgot");
+    assert_eq!(claim.jobs.len(), 1);
+    assert_eq!(
+        queue.complete(&[(job, claim.jobs[0].token)]).await.unwrap(),
+        1
+    );
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+}
