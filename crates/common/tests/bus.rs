@@ -796,12 +796,15 @@ async fn on_a_cluster_the_event_log_carries_on_within_seconds_when_the_server_ho
     // The log's consumer lives on one server: make one that lives elsewhere than the server
     // the client talks to (losing that one, the client would reconnect and pull again at once).
     let connected = stream.client.server_info().server_name;
+    let mut tries = 0;
     let (log, server) = loop {
         let log = stream.log().await;
         let server = newest_consumer_server(&stream).await;
         if server != connected {
             break (log, server);
         }
+        tries += 1;
+        assert!(tries < 20, "every log's consumer was placed on {connected}");
     };
     log.wait_until(Duration::from_secs(10), "the first message", |all| {
         all.len() == 1
