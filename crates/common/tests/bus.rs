@@ -810,11 +810,7 @@ async fn on_a_cluster_the_event_log_carries_on_within_seconds_when_the_server_ho
         all.len() == 1
     })
     .await;
-    let index: usize = server
-        .trim_start_matches('n')
-        .parse()
-        .expect("servers are named n<index>");
-    nats.kill(index).await;
+    nats.kill(nats.index_of(&server)).await;
 
     let publisher = stream.publisher();
     eventually(

@@ -15,8 +15,8 @@ use super::support::{
     wait_for_some,
 };
 
-/// The index of the server leading the world's stream (servers are named `n<index>`).
-async fn stream_leader(world: &Scenario) -> usize {
+/// The name of the server leading the world's stream.
+async fn stream_leader(world: &Scenario) -> String {
     let TestBus::JetStream(stream) = &world.bus else {
         unreachable!("the world is on JetStream")
     };
@@ -28,14 +28,9 @@ async fn stream_leader(world: &Scenario) -> usize {
         .get_info()
         .await
         .expect("the stream's info");
-    let leader = info
-        .cluster
+    info.cluster
         .and_then(|cluster| cluster.leader)
-        .expect("a replicated stream has a leader");
-    leader
-        .trim_start_matches('n')
-        .parse()
-        .expect("servers are named n<index>")
+        .expect("a replicated stream has a leader")
 }
 
 #[tokio::test]
@@ -56,9 +51,10 @@ async fn on_clusters_two_replicas_of_each_service_ride_out_a_nats_server_and_the
     let chaos = async {
         wait_for_some(&world, Subject::OrderCreated, 50).await;
         let leader = stream_leader(&world).await;
-        nats.kill(leader).await;
+        let index = nats.index_of(&leader);
+        nats.kill(index).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        nats.start_again(leader).await;
+        nats.start_again(index).await;
 
         wait_for_some(&world, Subject::OrderCreated, 120).await;
         let master = redis.master_of(&queue_key).await;
@@ -85,7 +81,7 @@ async fn on_clusters_two_replicas_of_each_service_ride_out_a_nats_server_and_the
     .await;
     println!(
         "200 orders, two replicas of each service on a Redis Cluster and a 3-server JetStream \
-         (R3): stream leader n{leader} SIGKILLed and restarted 3 s later, Redis master {master} \
+         (R3): stream leader {leader} SIGKILLed and restarted 3 s later, Redis master {master} \
          SIGKILLed (failover in {failover:?}) and restarted: {expired}"
     );
     drop(processes);

@@ -146,17 +146,20 @@ pub async fn assert_expired_exactly_once(
         .latency
 }
 
+/// The order an event names: `id` of `order:*`, `orderId` of `expiration:complete`.
+fn order_id_of(logged: &Logged) -> Option<String> {
+    let body = serde_json::from_str::<serde_json::Value>(&logged.body).ok()?;
+    body.get("id")
+        .or_else(|| body.get("orderId"))
+        .and_then(|id| id.as_str().map(str::to_owned))
+}
+
 /// The ids of `placed` orders that `subject`'s events in the log name.
 fn order_ids<'a>(all: &[Logged], subject: Subject, placed: &'a [Placed]) -> HashSet<&'a str> {
     let named: HashSet<String> = all
         .iter()
         .filter(|l| l.subject == subject)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l.body).ok())
-        .filter_map(|body| {
-            body.get("id")
-                .or_else(|| body.get("orderId"))
-                .and_then(|id| id.as_str().map(str::to_owned))
-        })
+        .filter_map(order_id_of)
         .collect();
     placed
         .iter()
@@ -191,7 +194,9 @@ fn lacking(
         .map(|s| {
             let n = all
                 .iter()
-                .filter(|l| l.subject == s && l.body.contains(&order.order_id))
+                .filter(|l| {
+                    l.subject == s && order_id_of(l).as_deref() == Some(order.order_id.as_str())
+                })
                 .count();
             format!("{s} x{n}")
         })

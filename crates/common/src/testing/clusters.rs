@@ -739,6 +739,14 @@ impl NatsCluster {
         format!("nats://127.0.0.1:{}", self.nodes[index].port)
     }
 
+    /// The index of the server named `name` (as JetStream names a stream's or consumer's leader).
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|node| node.name == name)
+            .unwrap_or_else(|| panic!("no server named {name} in the cluster"))
+    }
+
     /// Server `index`'s HTTP monitoring port (`/varz`, `/jsz`, `/healthz`, …).
     pub fn monitor_port(&self, index: usize) -> u16 {
         self.nodes[index].monitor_port
