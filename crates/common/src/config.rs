@@ -58,7 +58,7 @@ pub trait Settings: Parser {
     /// As [`Settings::load`], with `args` as the command line (its first item the program name).
     fn load_from(args: impl IntoIterator<Item = OsString>) -> Self {
         let args: Vec<OsString> = args.into_iter().collect();
-        let command = with_env_vars_flag(Self::command());
+        let command = with_build_info(with_env_vars_flag(Self::command()));
         if args.get(1).is_some_and(|arg| arg == "--env-vars") {
             println!("{}", to_json(&env_vars(&command)));
             std::process::exit(0);
@@ -158,6 +158,17 @@ fn with_env_vars_flag(command: Command) -> Command {
             .action(clap::ArgAction::SetTrue)
             .help("Print the environment variables this binary reads, as JSON, and exit"),
     )
+}
+
+/// `--version` says the commit too: `orders 0.1.0 (commit 4e358fc)`.
+fn with_build_info(command: Command) -> Command {
+    match command.get_version() {
+        Some(version) => {
+            let long = crate::build_info::long_version(version);
+            command.version(long)
+        }
+        None => command,
+    }
 }
 
 /// One line for a clap error, naming the environment variable rather than the flag.

@@ -6,6 +6,7 @@
 //! - [`bus`]: NATS JetStream: connecting, making sure the stream exists, the generic
 //!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
 //! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
+//! - [`build_info`]: the package version and git commit a binary was built from (`--version`).
 //! - [`config`]: settings declared once with clap: `--help`, `--env-vars`, one-line errors.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, served on a worker's ops port.
 //! - [`server`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
@@ -14,6 +15,7 @@
 //!   services share (settings, logging, signals, build, run, exit code).
 //! - `testing` (feature `testing`): the local stack's addresses and a private stream per test.
 
+pub mod build_info;
 pub mod bus;
 pub mod config;
 pub mod events;

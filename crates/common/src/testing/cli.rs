@@ -74,3 +74,27 @@ pub fn with<'a>(base: &[(&'a str, &'a str)], extra: (&'a str, &'a str)) -> Vec<(
     env.push(extra);
     env
 }
+
+/// Asserts that `program --version` exits 0 without any setting and prints
+/// `<name> <package_version> (commit <commit>)`, the commit being the checkout's HEAD when the
+/// tests run in one (as the binary was built from it), so a build that lost track of its commit
+/// fails here.
+pub fn assert_version(program: &Path, name: &str, package_version: &str) {
+    let (code, stdout, stderr) = run(program, &["--version"], &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    let commit = std::env::var("GIT_COMMIT")
+        .ok()
+        .filter(|commit| !commit.is_empty())
+        .or(head)
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        stdout.trim(),
+        format!("{name} {package_version} (commit {commit})")
+    );
+}

@@ -212,6 +212,7 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
         &["REDIS_HOST", "NATS_URL", "EXPIRATION_LEASE_MS", "OPS_PORT"],
     );
     cli::assert_help(expiration, &["inspect"], &["REDIS_URL", "requeue"]);
+    cli::assert_version(expiration, "expiration", env!("CARGO_PKG_VERSION"));
     let unreachable = [
         ("REDIS_HOST", "127.0.0.1"),
         ("NATS_URL", "nats://127.0.0.1:1"),

@@ -46,6 +46,7 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
     assert!(stdout.contains("does not answer"), "{stdout}{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
     cli::assert_one_line_error(orders, &["--bogus"], &unreachable, "unexpected argument");
+    cli::assert_version(orders, "orders", env!("CARGO_PKG_VERSION"));
     let (code, stdout, _) = cli::run(orders, &["--env-vars"], &[]);
     assert_eq!(code, Some(0));
     let vars: serde_json::Value = serde_json::from_str(&stdout).unwrap();
