@@ -11,6 +11,8 @@
 //! - [`scenario`]: a private world (stream, database, Redis key prefix) and the environment both
 //!   services need to live in it.
 //! - [`stats`]: expiry latency percentiles.
+//! - [`walk`]: the demo's walk (an order through its expiry, a second buyer refused, a paid
+//!   order kept), also taken on a cluster by `cluster-check`.
 
 pub mod http;
 pub mod ids;
@@ -19,3 +21,4 @@ pub mod peers;
 pub mod process;
 pub mod scenario;
 pub mod stats;
+pub mod walk;

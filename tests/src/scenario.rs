@@ -56,10 +56,21 @@ impl Scenario {
         Self::build(bus, window_secs).await
     }
 
+    /// The world of services deployed elsewhere (a Kubernetes cluster's), reached through `bus`
+    /// ([`TestBus::existing`]), whose orders service checks cookies with `jwt_secret` and
+    /// expires orders after `window_secs`. Their database and Redis are the deployment's own, so
+    /// [`Scenario::start_orders`] and [`Scenario::start_expiration`] are not for this world.
+    pub async fn attached(bus: TestBus, jwt_secret: &str, window_secs: u64) -> Self {
+        Self::build_with_secret(bus, window_secs, jwt_secret.to_owned()).await
+    }
+
     async fn build(bus: TestBus, window_secs: u64) -> Self {
+        Self::build_with_secret(bus, window_secs, unique_name("secret")).await
+    }
+
+    async fn build_with_secret(bus: TestBus, window_secs: u64, jwt_secret: String) -> Self {
         let exclusive = ONE_AT_A_TIME.lock().await;
         let name = unique_name("e2e").replace('-', "_");
-        let jwt_secret = unique_name("secret");
         let log = bus.log().await;
         let peers = Peers::new(bus.publisher());
         Scenario {
@@ -147,7 +158,8 @@ impl Scenario {
         self.bus.transport()
     }
 
-    /// Deletes the stream (the database and Redis keys are unique to this run and small).
+    /// Deletes the stream, if the world made it (the database and Redis keys are unique to this
+    /// run and small).
     pub async fn finish(self) {
         drop(self.log);
         self.bus.delete().await;

@@ -31,6 +31,17 @@ impl TestBus {
         }
     }
 
+    /// The bus of services deployed elsewhere (a cluster's), reached at `url`: JetStream's stream
+    /// or NATS Streaming's cluster `name`, subjects unprefixed. Never deleted.
+    pub async fn existing(transport: Transport, url: &str, name: &str) -> Self {
+        match transport {
+            Transport::JetStream => {
+                TestBus::JetStream(Box::new(TestStream::existing(url, name).await))
+            }
+            Transport::Streaming => TestBus::Streaming(TestChannels::existing(url, name).await),
+        }
+    }
+
     /// JetStream on the servers at `url` (a cluster of the test's own), the stream with
     /// `replicas` replicas.
     pub async fn replicated(url: &str, replicas: usize) -> Self {

@@ -64,6 +64,14 @@ impl TestChannels {
         }
     }
 
+    /// The six channels themselves, unprefixed as in production, on the server at `url` serving
+    /// `cluster_id`: those of services deployed elsewhere (a cluster's), to watch and feed them.
+    pub async fn existing(url: &str, cluster_id: &str) -> Self {
+        let mut channels = Self::on(url, cluster_id).await;
+        channels.spec.subject_prefix = String::new();
+        channels
+    }
+
     /// The bus a service would hold on these channels.
     pub fn bus(&self) -> Bus {
         Bus::streaming(self.connection.clone(), self.spec.clone())

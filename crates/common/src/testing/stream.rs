@@ -12,12 +12,15 @@ use crate::{Event, Subject};
 
 /// A stream of the test's own on the local stack's NATS (or a server of the test's own), with
 /// all six subjects under a unique prefix. It is deleted, with its consumers, when dropped.
+/// ([`TestStream::existing`] is a stream the services made, which is never deleted.)
 pub struct TestStream {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub spec: StreamSpec,
     /// The server it lives on.
     pub url: String,
+    /// The test made the stream, and deletes it.
+    owned: bool,
 }
 
 impl TestStream {
@@ -78,6 +81,32 @@ impl TestStream {
             js,
             spec,
             url: url.to_owned(),
+            owned: true,
+        }
+    }
+
+    /// The stream `name` that services deployed elsewhere (a cluster's) made on the server at
+    /// `url`, its subjects unprefixed as in production: to watch and feed their events. Never
+    /// deleted by the test.
+    pub async fn existing(url: &str, name: &str) -> Self {
+        let client = async_nats::ConnectOptions::new()
+            .connect(bus::servers(url))
+            .await
+            .unwrap_or_else(|e| panic!("NATS at {url} does not answer ({e})"));
+        let js = jetstream::new(client.clone());
+        js.get_stream(name).await.unwrap_or_else(|e| {
+            panic!("no stream {name} at {url} ({e}): have the services started?")
+        });
+        TestStream {
+            client,
+            js,
+            spec: StreamSpec {
+                name: name.to_owned(),
+                subject_prefix: String::new(),
+                replicas: 1,
+            },
+            url: url.to_owned(),
+            owned: false,
         }
     }
 
@@ -184,9 +213,11 @@ impl TestStream {
         }
     }
 
-    /// Removes the stream and its consumers now (dropping it does the same).
+    /// Removes the stream and its consumers now (dropping it does the same), if the test made it.
     pub async fn delete(self) {
-        let _ = self.js.delete_stream(&self.spec.name).await;
+        if self.owned {
+            let _ = self.js.delete_stream(&self.spec.name).await;
+        }
     }
 }
 
@@ -194,6 +225,9 @@ impl Drop for TestStream {
     /// Deletes the stream, on a thread of its own (a drop cannot await, and the test's runtime
     /// may be shutting down); a stream already deleted is no error.
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let (url, name) = (self.url.clone(), self.spec.name.clone());
         let deleting = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
