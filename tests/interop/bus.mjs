@@ -1,5 +1,5 @@
 // The bus side of the interop check: how the Node peers (the tickets and payments services)
-// publish and listen, over either transport the Rust services speak (SPEC.md section 2).
+// publish and listen, over either transport the Rust services speak (docs/contract.md §2).
 //
 //   NATS_TRANSPORT=jetstream (default) npm `nats` 2.x: JetStream publish with a msgID, one durable
 //                                      pull consumer per subject on the stream NATS_CLUSTER_ID.

@@ -1,4 +1,4 @@
-// Interop check: the wire contract (SPEC.md sections 1, 4 and 5) against clients nobody on the
+// Interop check: the wire contract (docs/contract.md §1, §4 and §5) against clients nobody on the
 // team wrote. Plays the tickets and payments services (bus.mjs: npm `nats` on JetStream, or the
 // course's `@sgtickets/common` Publisher/Listener on NATS Streaming), the auth service
 // (`jsonwebtoken`, and `cookie-session` itself to build the cookie) and a browser (fetch), and
@@ -93,7 +93,7 @@ const ticket = { id: objectId(), version: 0, title: "Interop concert", price: 12
 await bus.publish("ticket:created", ticket);
 
 let order;
-await check("POST /api/orders answers 201 with the order JSON of SPEC section 4", async () => {
+await check("POST /api/orders answers 201 with the order JSON of contract §4.2", async () => {
   const before = Date.now();
   const response = await reserveAnnounced(alice.cookie, ticket.id);
   assert.equal(response.status, 201, response.text);
@@ -109,7 +109,7 @@ await check("POST /api/orders answers 201 with the order JSON of SPEC section 4"
   assert.deepEqual(order.ticket, { id: ticket.id, title: ticket.title, price: 12.5, version: 0 });
 });
 
-await check("order:created carries exactly the SPEC section 1 fields", async () => {
+await check("order:created carries exactly the contract §1.6 fields", async () => {
   const event = await created.next((data) => data.id === order.id);
   assert.deepEqual(event, {
     id: order.id,
@@ -143,7 +143,7 @@ await check("a cookie from cookie-session 1.x (express:sess) is accepted too", a
   assert.deepEqual(response.json.map((o) => o.id), [order.id]);
 });
 
-await check("validation, auth and unknown paths answer in the SPEC error shape", async () => {
+await check("validation, auth and unknown paths answer in the contract's error shape", async () => {
   const missing = await api("POST", "/api/orders", { cookie: alice.cookie, body: {} });
   assert.equal(missing.status, 400);
   assert.deepEqual(missing.json, { errors: [{ message: "TicketId must be provided", field: "ticketId" }] });

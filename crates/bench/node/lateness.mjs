@@ -1,7 +1,7 @@
 // Lateness of expiration:complete on NATS Streaming, measured from outside the worker, so that
 // any worker (seed-worker.mjs, the course's Node service, or the Rust `expiration` binary) is
 // measured the same way. It plays the orders service: publishes N `order:created` events (valid
-// per SPEC.md section 1: 24-hex ids, version 0, status created, expiresAt ISO-8601 with millis)
+// per docs/contract.md §1: 24-hex ids, version 0, status created, expiresAt ISO-8601 with millis)
 // through node-nats-streaming, listens for `expiration:complete`, and compares each arrival with
 // the order's expiresAt.
 //

@@ -5,7 +5,7 @@
 //!   [`events::Event`] trait tying each type to its subject and its deduplication id.
 //! - [`bus`]: NATS JetStream: connecting, making sure the stream exists, the generic
 //!   [`bus::Publisher`] and the [`bus::Listener`] trait with its runner ([`bus::run_listener`]).
-//! - [`http`] (feature `http`): the SPEC error body and the current-user / require-auth extractors.
+//! - [`http`] (feature `http`): the contract's error body (docs/contract.md §4.3) and the current-user / require-auth extractors.
 //! - [`build_info`]: the package version and git commit a binary was built from (`--version`).
 //! - [`config`]: settings declared once with clap: `--help`, `--env-vars`, one-line errors.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, served on a worker's ops port.

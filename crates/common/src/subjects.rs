@@ -14,7 +14,7 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// Every subject, in the order of SPEC.md section 1.
+    /// Every subject, in the order of docs/contract.md §1.1.
     pub const ALL: [Subject; 6] = [
         Subject::TicketCreated,
         Subject::TicketUpdated,

@@ -14,7 +14,7 @@ use common::telemetry::LogArgs;
 /// Database used when `MONGO_URI` names none (`mongodb://host:27017`).
 pub const DEFAULT_DATABASE: &str = "orders";
 
-/// The orders service: buyers reserve tickets (SPEC.md section 4), orders expire unless paid.
+/// The orders service: buyers reserve tickets (docs/contract.md §4), orders expire unless paid.
 #[derive(Clone, Parser)]
 #[command(name = "orders", version, about, long_about = None)]
 pub struct Config {

@@ -3,7 +3,7 @@
 //! - [`config`]: the settings, read from the environment once and validated.
 //! - [`startup`]: [`startup::Application`] connects MongoDB and NATS, binds the port, and runs
 //!   the API, the listeners and the outbox relay until shutdown.
-//! - [`routes`]: the four routes of SPEC.md section 4 (one file each) and the ops endpoints.
+//! - [`routes`]: the four routes of docs/contract.md §4 (one file each) and the ops endpoints.
 //! - [`models`]: the `orders` and `tickets` documents, their conditional updates and indexes.
 //! - [`listeners`]: `ticket:created`, `ticket:updated`, `expiration:complete`, `payment:created`.
 //! - [`outbox`]: publishing the events stored with each change, and the relay that retries them.

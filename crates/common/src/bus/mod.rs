@@ -1,5 +1,5 @@
-//! The event bus: NATS JetStream, or NATS Streaming for the course's unchanged cluster (SPEC.md
-//! section 2). Services hold a [`Bus`] and never see which transport runs.
+//! The event bus: NATS JetStream, or NATS Streaming for the course's unchanged cluster
+//! (docs/contract.md §2). Services hold a [`Bus`] and never see which transport runs.
 //!
 //! - [`Bus`] (in `transport`): chooses the transport (`NATS_TRANSPORT`), hands out publishers,
 //!   runs listeners, answers readiness and closes.

@@ -1,5 +1,5 @@
 //! [`Bus`]: the one handle a service holds on its bus, whichever transport runs: JetStream, or
-//! NATS Streaming for the course's unchanged cluster (SPEC.md section 2.1). `NATS_TRANSPORT`
+//! NATS Streaming for the course's unchanged cluster (docs/contract.md §2.1, §2.3). `NATS_TRANSPORT`
 //! chooses; `auto` asks `_STAN.discover.<NATS_CLUSTER_ID>` and takes NATS Streaming if a server
 //! answers, JetStream otherwise.
 

@@ -1,4 +1,4 @@
-//! Who is calling (SPEC.md section 5).
+//! Who is calling (docs/contract.md §5).
 //!
 //! The auth service keeps the user in a cookie-session cookie: `session` (cookie-session 2.x) or
 //! `express:sess` (1.x), whose value is the standard base64 of `{"jwt":"<token>"}`. The token is

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::telemetry::ErrorChain;
 
-/// One entry of the SPEC error body.
+/// One entry of the error body (docs/contract.md §4.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     pub message: String,

@@ -1,8 +1,8 @@
 //! HTTP pieces shared by services with an API (feature `http`).
 //!
-//! - [`ApiError`]: every failure a route can answer with, rendered as the SPEC error body
+//! - [`ApiError`]: every failure a route can answer with, rendered as the contract's error body (docs/contract.md §4.3)
 //!   `{"errors":[{"message","field"?}]}` with its status code.
-//! - [`auth`]: the `session` / `express:sess` cookie and bearer token of SPEC.md section 5, and the
+//! - [`auth`]: the `session` / `express:sess` cookie and bearer token of docs/contract.md §5, and the
 //!   [`CurrentUser`] and [`RequireAuth`] extractors.
 
 pub mod auth;

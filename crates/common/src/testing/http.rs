@@ -15,7 +15,7 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The messages of a SPEC error body; panics if the body is not one.
+    /// The messages of an error body (docs/contract.md §4.3); panics if the body is not one.
     pub fn messages(&self) -> Vec<String> {
         self.json()["errors"]
             .as_array()

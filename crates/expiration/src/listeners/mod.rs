@@ -6,5 +6,5 @@ pub mod order_created;
 pub use order_cancelled::OrderCancelledListener;
 pub use order_created::OrderCreatedListener;
 
-/// The queue group shared by every replica of the worker (SPEC.md section 7).
+/// The queue group shared by every replica of the worker (docs/contract.md §7).
 pub const QUEUE_GROUP: &str = "expiration-service";

@@ -1,4 +1,4 @@
-//! The listeners of SPEC.md section 6, queue group `orders-service`, one file per subject.
+//! The listeners of docs/contract.md §6, queue group `orders-service`, one file per subject.
 //! Each is idempotent: JetStream delivers at least once.
 
 mod expiration_complete;

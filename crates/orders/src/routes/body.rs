@@ -1,4 +1,4 @@
-//! JSON request bodies, answered in the SPEC error shape when they are not acceptable. The body
+//! JSON request bodies, answered in the contract's error shape (docs/contract.md §4.3) when they are not acceptable. The body
 //! has already arrived in full, within its time and size limits ([`super::budget`]).
 
 use axum::Json;
@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Request};
 use common::http::ApiError;
 
 /// Like [`axum::Json`], but any unacceptable body (not JSON, wrong content type, wrong shape) is
-/// 400 with a neutral message in the SPEC error shape.
+/// 400 with a neutral message in the contract's error shape.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>

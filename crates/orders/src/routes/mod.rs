@@ -1,4 +1,4 @@
-//! The HTTP API of SPEC.md section 4, one file per route, and the ops endpoints on the same port.
+//! The HTTP API of docs/contract.md §4, one file per route, and the ops endpoints on the same port.
 
 mod body;
 mod budget;

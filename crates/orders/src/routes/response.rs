@@ -1,4 +1,4 @@
-//! The order JSON of SPEC.md section 4.
+//! The order JSON of docs/contract.md §4.2.
 
 use common::events::{OrderStatus, price, timestamp};
 use serde::Serialize;

@@ -1,4 +1,4 @@
-//! The four listeners of SPEC.md section 6: behaviour, acknowledgement, redelivery.
+//! The four listeners of docs/contract.md §6: behaviour, acknowledgement, redelivery.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! SPEC.md section 4, route by route.
+//! docs/contract.md §4, route by route.
 
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ async fn creating_an_order_reserves_the_ticket_and_publishes_order_created() {
     assert_eq!(
         bodies,
         [expected],
-        "published before the answer, exactly as SPEC section 1"
+        "published before the answer, exactly as docs/contract.md §1.6"
     );
     // Marked published after the answer, in the next batch of marks (milliseconds later).
     common::testing::eventually(

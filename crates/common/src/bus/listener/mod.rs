@@ -149,7 +149,7 @@ pub const UNAVAILABLE_BACKOFF: Backoff = Backoff {
 };
 
 impl ListenerOptions {
-    /// Defaults of SPEC.md section 2 for `stream`: ack wait 5 s, handler timeout 4 s, 32 in
+    /// Defaults of docs/contract.md §2.4 for `stream`: ack wait 5 s, handler timeout 4 s, 32 in
     /// flight, given up after [`DEFAULT_MAX_DELIVERIES`].
     pub fn new(stream: StreamSpec) -> Self {
         ListenerOptions {

@@ -1,5 +1,5 @@
 //! A NATS Streaming (STAN) client on core NATS: what the course's Node services speak
-//! (SPEC.md section 2.1; protocol facts in STAN.md). STAN is protobuf messages over core NATS
+//! (docs/contract.md §2.1; the protocol as we speak it: docs/nats-streaming.md). STAN is protobuf messages over core NATS
 //! request/reply, so a [`Connection`] is an `async_nats::Client` plus a *session* the server
 //! knows by our client id:
 //!
