@@ -8,5 +8,6 @@ mod e2e {
     mod demo;
     mod flow;
     mod interop;
+    mod kubernetes;
     mod support;
 }

@@ -363,6 +363,24 @@ pub async fn wait_for_some(world: &Scenario, subject: common::Subject, count: us
         .await;
 }
 
+/// Waits (up to 60 s) until the world's log holds `subject`'s events for at least `count` of the
+/// `placed` orders (in a world shared with earlier runs, as a deployment's stream is).
+pub async fn wait_for_some_of(
+    world: &Scenario,
+    placed: &[Placed],
+    subject: common::Subject,
+    count: usize,
+) {
+    world
+        .log
+        .wait_until(
+            Duration::from_secs(60),
+            &format!("{subject} events for {count} of the orders placed"),
+            |all| order_ids(all, subject, placed).len() >= count,
+        )
+        .await;
+}
+
 /// Two orders and two expiration processes of one world, and a client of each orders API.
 pub struct TwoOfEach {
     /// `<name>-orders-a`, `<name>-orders-b`, `<name>-expiration-a`, `<name>-expiration-b`.
