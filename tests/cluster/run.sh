@@ -46,6 +46,16 @@ explain() {
     echo "--- $pod" >&2
     kubectl -n "$NAMESPACE" logs "$pod" --tail=15 >&2 2>&1 || true
   done
+  # The path from the host to a pod: the Services' endpoints, kube-proxy's rules for the test's
+  # NodePorts, and the components themselves (each one's state and the end of kube-proxy's log).
+  echo "--- endpoint slices" >&2
+  kubectl -n "$NAMESPACE" get endpointslices -o wide >&2 2>&1 || true
+  echo "--- iptables (nat) rules naming the test's NodePorts" >&2
+  iptables-save -t nat 2>/dev/null | grep -E "nats-test-nodeport|orders-test-nodeport|:($ORDERS_PORT|$NATS_PORT|$NATS_MONITOR_PORT)\b" | head -40 >&2 || true
+  echo "--- scripts/cluster status" >&2
+  scripts/cluster status >&2 2>&1 || true
+  echo "--- kube-proxy's log (last 30 lines)" >&2
+  tail -n 30 .stack/k8s/logs/kube-proxy.log >&2 2>/dev/null || true
 }
 
 deploy() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::Subject;
 use common::bus::Transport;
-use common::testing::{TestBus, eventually};
+use common::testing::{TestBus, eventually, eventually_explained};
 use e2e::orders_api::OrdersApi;
 use e2e::scenario::Scenario;
 use e2e::walk::walk;
@@ -61,28 +61,48 @@ impl Cluster {
 
     /// The deployment's world: its own stream or channels, its JWT key. A Service may not
     /// route yet to a pod just started (kube-proxy follows within a second or so), so the first
-    /// connection to the broker is retried for up to 30 s.
+    /// connection to the broker is retried for up to 60 s, each try given 2 s: a try whose SYN
+    /// went to a pod already gone keeps its route until it gives up, and a new try is routed
+    /// afresh.
     async fn world(&self) -> Scenario {
         let address = self.nats_url.trim_start_matches("nats://").to_owned();
-        eventually(
-            Duration::from_secs(30),
+        eventually_explained(
+            Duration::from_secs(60),
             &format!("the broker to answer at {address}"),
-            || async { tokio::net::TcpStream::connect(&address).await.is_ok() },
+            || async {
+                let connect = tokio::net::TcpStream::connect(&address);
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), connect).await,
+                    Ok(Ok(_))
+                )
+            },
+            async {
+                // What routes there: the broker's pods and the Services' endpoints.
+                let state = self
+                    .kubectl_lenient(&["get", "pods,endpointslices", "-o", "wide"])
+                    .await;
+                format!("the namespace now:\n{state}")
+            },
         )
         .await;
         let bus = TestBus::existing(self.transport, &self.nats_url, NATS_CLUSTER_ID).await;
         Scenario::attached(bus, &self.jwt_key, self.window_secs).await
     }
 
-    /// `kubectl --namespace <namespace> args…`; its output, or a panic with what it said.
-    async fn kubectl(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new("kubectl")
+    /// What `kubectl --namespace <namespace> args…` did.
+    async fn run_kubectl(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new("kubectl")
             .arg("--namespace")
             .arg(&self.namespace)
             .args(args)
             .output()
             .await
-            .expect("kubectl on the PATH");
+            .expect("kubectl on the PATH")
+    }
+
+    /// `kubectl --namespace <namespace> args…`; its output, or a panic with what it said.
+    async fn kubectl(&self, args: &[&str]) -> String {
+        let output = self.run_kubectl(args).await;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(
             output.status.success(),
@@ -90,6 +110,17 @@ impl Cluster {
             String::from_utf8_lossy(&output.stderr)
         );
         text
+    }
+
+    /// `kubectl --namespace <namespace> args…`'s output and errors, whatever its exit: for
+    /// explaining a failure.
+    async fn kubectl_lenient(&self, args: &[&str]) -> String {
+        let output = self.run_kubectl(args).await;
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     }
 
     /// The names of the pods labelled `app=<app>`.
