@@ -1226,3 +1226,78 @@ async fn an_existing_stream_with_other_replicas_is_reported_and_left_as_it_is() 
     assert_eq!(info.config.num_replicas, 1);
     stream.delete().await;
 }
+
+/// `NATS_URL`'s credentials are used on both transports, through the services' own connect
+/// path: a user and a password holding `@`, `:` and `/` (percent-encoded in the URL) on a
+/// JetStream server, a token on a NATS Streaming server; each carries an event from publisher to
+/// listener. Wrong ones are one error line showing the URL's credentials as `<redacted>`.
+#[tokio::test]
+async fn credentials_in_the_nats_url_are_used_on_both_transports() {
+    let nats = common::testing::NatsWithPassword::start().await;
+    let stan = common::testing::StanWithToken::start().await;
+    let cases = [
+        (
+            Transport::JetStream,
+            nats.url_with_credentials(),
+            nats.url_with("ticketing:wrong-secret"),
+        ),
+        (
+            Transport::Streaming,
+            stan.url_with_credentials(),
+            stan.url_with("wrong-secret"),
+        ),
+    ];
+    for (transport, url, wrong) in cases {
+        let name = common::testing::unique_name("creds");
+        let prefix = format!("{name}.");
+        let cluster_id = match transport {
+            Transport::JetStream => name.as_str(),
+            Transport::Streaming => "ticketing",
+        };
+        let settings = |url: &str| {
+            nats_config(&[
+                ("NATS_URL", url),
+                ("NATS_TRANSPORT", transport.as_str()),
+                ("NATS_CLUSTER_ID", cluster_id),
+                ("NATS_SUBJECT_PREFIX", &prefix),
+            ])
+        };
+        let bus = Bus::connect(&settings(&url), "test")
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: {}", common::telemetry::ErrorChain(&e)));
+        assert_eq!(bus.transport(), transport);
+        assert_eq!(bus.check()().await, Ok(()), "{transport}");
+        let recorder = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (bus, recorder, token) = (bus.clone(), recorder.clone(), shutdown.clone());
+            let options = ListenerOptions::new(bus.stream().clone());
+            tokio::spawn(async move { bus.run_listener(recorder, &options, token).await.unwrap() })
+        };
+        bus.publisher(None)
+            .publish(&expiration(1))
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: {}", common::telemetry::ErrorChain(&e)));
+        eventually(Duration::from_secs(10), "the event", || async {
+            recorder.ids() == [expiration(1).order_id]
+        })
+        .await;
+        shutdown.cancel();
+        task.await.unwrap();
+        bus.close().await;
+
+        let refused = Bus::connect(&settings(&wrong), "test")
+            .await
+            .err()
+            .expect("wrong credentials are refused");
+        let line = common::telemetry::ErrorChain(&refused).to_string();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains("nats://<redacted>@127.0.0.1:")
+                && !line.contains("wrong-secret")
+                && line.contains("authorization"),
+            "{transport}: {line}"
+        );
+        println!("{transport}: wrong credentials: {line}");
+    }
+}
