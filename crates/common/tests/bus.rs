@@ -1301,3 +1301,136 @@ async fn credentials_in_the_nats_url_are_used_on_both_transports() {
         println!("{transport}: wrong credentials: {line}");
     }
 }
+
+/// The log lines written while the guard lives, on this thread (a `#[tokio::test]` runs every
+/// task it spawns there).
+fn captured_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (buffer, guard)
+}
+
+/// NATS Streaming does not authenticate clients: any client on the broker can end our session
+/// (the close request for our client id) and then connect with our client id. While it holds
+/// the id, `/readyz` says so and the log says it once, as an error; once it lets go (closing its
+/// session, or its connection dropping as when its process dies), the session is open again and
+/// events flow within seconds.
+#[tokio::test]
+async fn a_client_id_taken_by_another_client_is_reported_and_back_within_seconds_of_its_release() {
+    let (logs, _guard) = captured_logs();
+    let text = || String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let under = TestBus::new(Transport::Streaming).await;
+    let TestBus::Streaming(channels) = &under else {
+        unreachable!()
+    };
+    let ours = channels.connection.client_id().to_owned();
+    let bus = under.bus();
+    let check = bus.check();
+    let publisher = channels.publisher();
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&under, recorder.clone(), options(&under));
+    under.publish(&expiration(1)).await;
+    eventually(Duration::from_secs(10), "the first event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    let (url, cluster_id) = (channels.url.clone(), channels.cluster_id.clone());
+    let other = common::testing::channels::connect(
+        &url,
+        &cluster_id,
+        &common::testing::unique_name("other"),
+    )
+    .await
+    .unwrap();
+    let reason = "another client holds our client id";
+
+    for (round, closes) in [(1, true), (2, false)] {
+        // The squatter ends our session from a connection of its own, then takes our client id.
+        other.close_session_of(&ours).await.unwrap();
+        let squatter = common::testing::channels::connect(&url, &cluster_id, &ours)
+            .await
+            .expect("our client id is free once our session is closed");
+        let taken = Instant::now();
+        eventually(
+            Duration::from_secs(15),
+            "/readyz to name the squatter",
+            || async { check().await.is_err_and(|e| e.contains(reason)) },
+        )
+        .await;
+        let noticed = taken.elapsed();
+        // Held for a few more retries (every 2 s at most): still reported, logged once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let answer = check().await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains(reason)),
+            "{answer:?}"
+        );
+        println!("/readyz while held: {}", answer.unwrap_err());
+        let logged = text()
+            .lines()
+            .filter(|line| {
+                line.contains("ERROR")
+                    && line.contains("another client holds our NATS Streaming client id")
+            })
+            .count();
+        assert_eq!(logged, round, "logged once per hold:\n{}", text());
+
+        if closes {
+            squatter.close().await;
+        } else {
+            // Its process dies: the connection goes, the session is not closed.
+            squatter.client().drain().await.unwrap();
+        }
+        let released = Instant::now();
+        let n = 10 * round;
+        eventually(
+            Duration::from_secs(10),
+            "a publish after the release",
+            || async { publisher.publish(&expiration(n)).await.is_ok() },
+        )
+        .await;
+        eventually(
+            Duration::from_secs(10),
+            "the event after the release",
+            || async { recorder.ids().contains(&expiration(n).order_id) },
+        )
+        .await;
+        let back = released.elapsed();
+        assert_eq!(check().await, Ok(()));
+        assert!(
+            back < Duration::from_secs(4),
+            "back {back:?} after the release"
+        );
+        let let_go = text()
+            .matches("the other client let go of our client id")
+            .count();
+        assert_eq!(let_go, round, "{}", text());
+        let how = if closes {
+            "closed its session"
+        } else {
+            "lost its connection"
+        };
+        println!(
+            "squatter noticed after {noticed:?}; it {how}: session back and an event handled {back:?} later"
+        );
+    }
+    other.close().await;
+    finish(under, shutdown, task).await;
+}
