@@ -1226,3 +1226,211 @@ async fn an_existing_stream_with_other_replicas_is_reported_and_left_as_it_is() 
     assert_eq!(info.config.num_replicas, 1);
     stream.delete().await;
 }
+
+/// `NATS_URL`'s credentials are used on both transports, through the services' own connect
+/// path: a user and a password holding `@`, `:` and `/` (percent-encoded in the URL) on a
+/// JetStream server, a token on a NATS Streaming server; each carries an event from publisher to
+/// listener. Wrong ones are one error line showing the URL's credentials as `<redacted>`.
+#[tokio::test]
+async fn credentials_in_the_nats_url_are_used_on_both_transports() {
+    let nats = common::testing::NatsWithPassword::start().await;
+    let stan = common::testing::StanWithToken::start().await;
+    let cases = [
+        (
+            Transport::JetStream,
+            nats.url_with_credentials(),
+            nats.url_with("ticketing:wrong-secret"),
+        ),
+        (
+            Transport::Streaming,
+            stan.url_with_credentials(),
+            stan.url_with("wrong-secret"),
+        ),
+    ];
+    for (transport, url, wrong) in cases {
+        let name = common::testing::unique_name("creds");
+        let prefix = format!("{name}.");
+        let cluster_id = match transport {
+            Transport::JetStream => name.as_str(),
+            Transport::Streaming => "ticketing",
+        };
+        let settings = |url: &str| {
+            nats_config(&[
+                ("NATS_URL", url),
+                ("NATS_TRANSPORT", transport.as_str()),
+                ("NATS_CLUSTER_ID", cluster_id),
+                ("NATS_SUBJECT_PREFIX", &prefix),
+            ])
+        };
+        let bus = Bus::connect(&settings(&url), "test")
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: {}", common::telemetry::ErrorChain(&e)));
+        assert_eq!(bus.transport(), transport);
+        assert_eq!(bus.check()().await, Ok(()), "{transport}");
+        let recorder = Arc::new(Recorder::default());
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (bus, recorder, token) = (bus.clone(), recorder.clone(), shutdown.clone());
+            let options = ListenerOptions::new(bus.stream().clone());
+            tokio::spawn(async move { bus.run_listener(recorder, &options, token).await.unwrap() })
+        };
+        bus.publisher(None)
+            .publish(&expiration(1))
+            .await
+            .unwrap_or_else(|e| panic!("{transport}: {}", common::telemetry::ErrorChain(&e)));
+        eventually(Duration::from_secs(10), "the event", || async {
+            recorder.ids() == [expiration(1).order_id]
+        })
+        .await;
+        shutdown.cancel();
+        task.await.unwrap();
+        bus.close().await;
+
+        let refused = Bus::connect(&settings(&wrong), "test")
+            .await
+            .err()
+            .expect("wrong credentials are refused");
+        let line = common::telemetry::ErrorChain(&refused).to_string();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains("nats://<redacted>@127.0.0.1:")
+                && !line.contains("wrong-secret")
+                && line.contains("authorization"),
+            "{transport}: {line}"
+        );
+        println!("{transport}: wrong credentials: {line}");
+    }
+}
+
+/// The log lines written while the guard lives, on this thread (a `#[tokio::test]` runs every
+/// task it spawns there).
+fn captured_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = Sink(buffer.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || sink.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    (buffer, guard)
+}
+
+/// NATS Streaming does not authenticate clients: any client on the broker can end our session
+/// (the close request for our client id) and then connect with our client id. While it holds
+/// the id, `/readyz` says so and the log says it once, as an error; once it lets go (closing its
+/// session, or its connection dropping as when its process dies), the session is open again and
+/// events flow within seconds.
+#[tokio::test]
+async fn a_client_id_taken_by_another_client_is_reported_and_back_within_seconds_of_its_release() {
+    let (logs, _guard) = captured_logs();
+    let text = || String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let under = TestBus::new(Transport::Streaming).await;
+    let TestBus::Streaming(channels) = &under else {
+        unreachable!()
+    };
+    let ours = channels.connection.client_id().to_owned();
+    let bus = under.bus();
+    let check = bus.check();
+    let publisher = channels.publisher();
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&under, recorder.clone(), options(&under));
+    under.publish(&expiration(1)).await;
+    eventually(Duration::from_secs(10), "the first event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    let (url, cluster_id) = (channels.url.clone(), channels.cluster_id.clone());
+    let other = common::testing::channels::connect(
+        &url,
+        &cluster_id,
+        &common::testing::unique_name("other"),
+    )
+    .await
+    .unwrap();
+    let reason = "another client holds our client id";
+
+    for (round, closes) in [(1, true), (2, false)] {
+        // The squatter ends our session from a connection of its own, then takes our client id.
+        other.close_session_of(&ours).await.unwrap();
+        let squatter = common::testing::channels::connect(&url, &cluster_id, &ours)
+            .await
+            .expect("our client id is free once our session is closed");
+        let taken = Instant::now();
+        eventually(
+            Duration::from_secs(15),
+            "/readyz to name the squatter",
+            || async { check().await.is_err_and(|e| e.contains(reason)) },
+        )
+        .await;
+        let noticed = taken.elapsed();
+        // Held for a few more retries (every 2 s at most): still reported, logged once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let answer = check().await;
+        assert!(
+            answer.as_ref().is_err_and(|e| e.contains(reason)),
+            "{answer:?}"
+        );
+        println!("/readyz while held: {}", answer.unwrap_err());
+        let logged = text()
+            .lines()
+            .filter(|line| {
+                line.contains("ERROR")
+                    && line.contains("another client holds our NATS Streaming client id")
+            })
+            .count();
+        assert_eq!(logged, round, "logged once per hold:\n{}", text());
+
+        if closes {
+            squatter.close().await;
+        } else {
+            // Its process dies: the connection goes, the session is not closed.
+            squatter.client().drain().await.unwrap();
+        }
+        let released = Instant::now();
+        let n = 10 * round;
+        eventually(
+            Duration::from_secs(10),
+            "a publish after the release",
+            || async { publisher.publish(&expiration(n)).await.is_ok() },
+        )
+        .await;
+        eventually(
+            Duration::from_secs(10),
+            "the event after the release",
+            || async { recorder.ids().contains(&expiration(n).order_id) },
+        )
+        .await;
+        let back = released.elapsed();
+        assert_eq!(check().await, Ok(()));
+        assert!(
+            back < Duration::from_secs(4),
+            "back {back:?} after the release"
+        );
+        let let_go = text()
+            .matches("the other client let go of our client id")
+            .count();
+        assert_eq!(let_go, round, "{}", text());
+        let how = if closes {
+            "closed its session"
+        } else {
+            "lost its connection"
+        };
+        println!(
+            "squatter noticed after {noticed:?}; it {how}: session back and an event handled {back:?} later"
+        );
+    }
+    other.close().await;
+    finish(under, shutdown, task).await;
+}

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
@@ -5,10 +6,11 @@ use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
 use crate::Subject;
 use crate::config::{Expected, redact_url};
 
-/// How a service reaches NATS and consumes from it: the settings both services share.
-#[derive(Debug, Clone, clap::Args)]
+/// How a service reaches NATS and consumes from it: the settings both services share. `Debug`
+/// hides the credentials of `NATS_URL`.
+#[derive(Clone, clap::Args)]
 pub struct NatsConfig {
-    /// NATS server(s), comma-separated; http:// is accepted and treated as nats://
+    /// NATS server(s), comma-separated; http:// is accepted and treated as nats://; credentials as nats://user:password@host or nats://token@host (percent-encoded)
     #[arg(id = "nats_url", value_name = "URL", long = "nats-url", env = "NATS_URL", hide_env_values = true, value_parser = normalize_url)]
     pub url: String,
     /// Client id on NATS Streaming (letters, digits, - and _; the service's name and a random suffix when unset) and connection name (the pod name)
@@ -80,6 +82,20 @@ impl StreamSpec {
     }
 }
 
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("client_id", &self.client_id)
+            .field("transport", &self.transport)
+            .field("cluster_id", &self.cluster_id)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream_replicas", &self.stream_replicas)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish()
+    }
+}
+
 impl NatsConfig {
     /// The stream and its subjects.
     pub fn stream(&self) -> StreamSpec {
@@ -111,6 +127,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Errors of connecting to NATS and setting up the stream and consumers.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    #[error("NATS_URL=`{url}` is invalid: expected {expected}")]
+    Url {
+        /// Credentials redacted.
+        url: String,
+        expected: Expected,
+    },
     #[error("cannot connect to NATS at {url}")]
     Connect {
         /// Credentials redacted.
@@ -170,7 +192,101 @@ pub fn normalize_url(url: &str) -> Result<String, Expected> {
     if servers.is_empty() {
         return Err(expected());
     }
-    Ok(servers.join(","))
+    let servers = servers.join(",");
+    // Credentials that cannot be used are a settings error too, found before any connection.
+    Credentials::split(&servers)?;
+    Ok(servers)
+}
+
+/// Credentials written in `NATS_URL`: `nats://user:password@host:4222` or
+/// `nats://token@host:4222`, each part percent-decoded (a password holding `@`, `:` or `/` must
+/// be written `%40`, `%3A`, `%2F`). async-nats ignores credentials in a URL, so they are taken
+/// out of the addresses the client keeps (and logs) and handed to its options
+/// ([`with_credentials`]); both transports connect through [`connect`]. `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    UserPassword { user: String, password: String },
+    Token(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::UserPassword { .. } => f.write_str("UserPassword(<redacted>)"),
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The servers of a comma-separated list without their credentials, and the credentials.
+    /// Servers written with credentials must all carry the same ones; a server written without
+    /// any gets them as well (as do the servers the client discovers), since the client has
+    /// one set of credentials for every server.
+    pub fn split(urls: &str) -> Result<(Vec<String>, Option<Credentials>), Expected> {
+        let mut found: Option<Credentials> = None;
+        let mut addresses = Vec::new();
+        for url in servers(urls) {
+            let (address, credentials) = Self::of_server(url)?;
+            addresses.push(address);
+            match (&found, credentials) {
+                (_, None) => {}
+                (None, Some(credentials)) => found = Some(credentials),
+                (Some(first), Some(credentials)) if *first == credentials => {}
+                (Some(_), Some(_)) => {
+                    return Err(Expected(
+                        "the same credentials on every server of the list (one client sends one set to all of them)".into(),
+                    ));
+                }
+            }
+        }
+        Ok((addresses, found))
+    }
+
+    /// One server's URL without its `user:password@` or `token@`, and those credentials. The
+    /// last `@` ends them, as [`redact_url`] hides them.
+    fn of_server(url: &str) -> Result<(String, Option<Credentials>), Expected> {
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return Ok((url.to_owned(), None));
+        };
+        let Some(at) = url[scheme_end..].rfind('@').map(|i| scheme_end + i) else {
+            return Ok((url.to_owned(), None));
+        };
+        let address = format!("{}{}", &url[..scheme_end], &url[at + 1..]);
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|decoded| decoded.into_owned())
+                .map_err(|_| Expected("credentials that percent-decode to UTF-8 text".into()))
+        };
+        let credentials = match url[scheme_end..at].split_once(':') {
+            Some((user, password)) if !user.is_empty() => Credentials::UserPassword {
+                user: decode(user)?,
+                password: decode(password)?,
+            },
+            None if at > scheme_end => Credentials::Token(decode(&url[scheme_end..at])?),
+            _ => {
+                return Err(Expected(
+                    "`user:password@` or `token@` before the host, not empty".into(),
+                ));
+            }
+        };
+        Ok((address, Some(credentials)))
+    }
+}
+
+/// `options` authenticating with `credentials`, if any.
+pub fn with_credentials(
+    options: async_nats::ConnectOptions,
+    credentials: Option<&Credentials>,
+) -> async_nats::ConnectOptions {
+    match credentials {
+        None => options,
+        Some(Credentials::UserPassword { user, password }) => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        Some(Credentials::Token(token)) => options.token(token.clone()),
+    }
 }
 
 /// JetStream allows 1 to 5 replicas of a stream.
@@ -193,16 +309,22 @@ pub fn servers(urls: &str) -> Vec<&str> {
 /// How often the client pings the server; two unanswered pings mark the connection dead.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Connects as `service` (or `NATS_CLIENT_ID`). After the first connection the client
-/// reconnects by itself for as long as the process lives.
+/// Connects as `service` (or `NATS_CLIENT_ID`), with the credentials `NATS_URL` carries (see
+/// [`Credentials`]); the client is given the addresses without them. After the first
+/// connection the client reconnects by itself for as long as the process lives.
 pub async fn connect(config: &NatsConfig, service: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+    let (addresses, credentials) =
+        Credentials::split(&config.url).map_err(|expected| BusError::Url {
+            url: redact_url(&config.url),
+            expected,
+        })?;
+    with_credentials(async_nats::ConnectOptions::new(), credentials.as_ref())
         .name(config.client_name(service))
         .connection_timeout(Duration::from_secs(5))
         // A server that stopped answering (frozen, or cut off) is left for another, or
         // reconnected to, after two unanswered pings rather than the default two minutes.
         .ping_interval(PING_INTERVAL)
-        .connect(servers(&config.url))
+        .connect(addresses)
         .await
         .map_err(|source| BusError::Connect {
             url: redact_url(&config.url),
@@ -455,6 +577,81 @@ mod tests {
         let bad =
             nats(&[("NATS_URL", "nats://x:1"), ("LISTENER_MAX_DELIVERIES", "0")]).unwrap_err();
         assert!(bad.starts_with("LISTENER_MAX_DELIVERIES=`0`"), "{bad}");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_taken_out_of_the_addresses_and_percent_decoded() {
+        let user = |user: &str, password: &str| {
+            Some(Credentials::UserPassword {
+                user: user.into(),
+                password: password.into(),
+            })
+        };
+        let split = |urls: &str| Credentials::split(urls).unwrap();
+        assert_eq!(
+            split("nats://ticketing:p%40ss%3Aw%2Frd@a:4222,nats://b:4222"),
+            (
+                vec!["nats://a:4222".to_owned(), "nats://b:4222".to_owned()],
+                user("ticketing", "p@ss:w/rd")
+            )
+        );
+        // The last `@` ends them, as redact_url hides them; an empty password is a password.
+        assert_eq!(split("nats://u:p@ss@a:1").1, user("u", "p@ss"));
+        assert_eq!(split("nats://u:@a:1").1, user("u", ""));
+        assert_eq!(
+            split("nats://s3cr3t@a:1"),
+            (
+                vec!["nats://a:1".to_owned()],
+                Some(Credentials::Token("s3cr3t".into()))
+            )
+        );
+        // A token holding `:` must be written %3A, or it reads as user:password.
+        assert_eq!(
+            split("tls://to%3Aken@a:1").1,
+            Some(Credentials::Token("to:ken".into()))
+        );
+        assert_eq!(
+            split("nats://a:1,nats://b:2"),
+            (vec!["nats://a:1".to_owned(), "nats://b:2".to_owned()], None)
+        );
+        assert_eq!(split("nats://u:p@a:1, nats://u:p@b:2").1, user("u", "p"));
+        let error = |urls: &str| Credentials::split(urls).unwrap_err().to_string();
+        assert!(
+            error("nats://u:one@a:1,nats://u:two@b:1").starts_with("the same credentials"),
+            "{}",
+            error("nats://u:one@a:1,nats://u:two@b:1")
+        );
+        assert!(error("nats://a@a:1,nats://u:a@b:1").starts_with("the same credentials"));
+        assert!(error("nats://@a:1").contains("not empty"));
+        assert!(error("nats://:pw@a:1").contains("not empty"));
+        assert!(error("nats://u:%FF@a:1").contains("UTF-8"));
+        let debug = format!("{:?}", split("nats://u:hunter2@a:1").1);
+        assert!(
+            !debug.contains("hunter2") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn nats_url_credentials_are_checked_as_settings_and_never_shown() {
+        let config = nats(&[("NATS_URL", "http://u:hunter2@nats-srv:4222")]).unwrap();
+        assert_eq!(config.url, "nats://u:hunter2@nats-srv:4222");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("nats://<redacted>@nats-srv:4222"),
+            "{debug}"
+        );
+        let differ = nats(&[("NATS_URL", "nats://u:one@a:1,nats://u:two@b:1")]).unwrap_err();
+        assert_eq!(
+            differ,
+            "NATS_URL=`nats://<redacted>@a:1,nats://<redacted>@b:1` is invalid: expected the same credentials on every server of the list (one client sends one set to all of them)"
+        );
+        let empty = nats(&[("NATS_URL", "nats://:hunter2@a:1")]).unwrap_err();
+        assert!(
+            empty.starts_with("NATS_URL=`nats://<redacted>@a:1` is invalid")
+                && !empty.contains("hunter2"),
+            "{empty}"
+        );
     }
 
     #[test]

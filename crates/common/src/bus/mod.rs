@@ -4,8 +4,9 @@
 //! - [`Bus`] (in `transport`): chooses the transport (`NATS_TRANSPORT`), hands out publishers,
 //!   runs listeners, answers readiness and closes.
 //! - [`streaming`]: the NATS Streaming client (sessions, publishes, durable queue subscriptions).
-//! - [`connect`]: configuration from the environment, connecting, and [`ensure_stream`] which
-//!   creates the stream or adds the subjects it lacks.
+//! - [`connect`]: configuration from the environment, connecting (with the [`Credentials`]
+//!   `NATS_URL` carries, for both transports), and [`ensure_stream`] which creates the stream or
+//!   adds the subjects it lacks.
 //! - [`Publisher`]: publishes any [`crate::Event`] and awaits the server's ack (on JetStream with
 //!   its `Nats-Msg-Id`, so that a re-publish is dropped).
 //! - [`Listener`]: a handler of one event for one queue group; [`supervise`] runs it on the bus
@@ -22,8 +23,8 @@ pub mod streaming;
 mod transport;
 
 pub use connect::{
-    BusError, NatsConfig, StreamSetup, StreamSpec, connect, connection_check, ensure_stream,
-    normalize_url, servers,
+    BusError, Credentials, NatsConfig, StreamSetup, StreamSpec, connect, connection_check,
+    ensure_stream, normalize_url, servers, with_credentials,
 };
 pub use listener::{
     Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,

@@ -6,8 +6,9 @@
 //!   [`EventLog`] of everything it holds.
 //! - [`channels`]: the same on NATS Streaming ([`TestChannels`]); [`bus`]: either of them
 //!   ([`TestBus`]), for tests that run on both transports.
-//! - [`servers`]: processes a test owns and can kill: a NATS or Redis server of its own, and the
-//!   service binaries themselves ([`ServiceProcess`]).
+//! - [`servers`]: processes a test owns and can kill: a NATS or Redis server of its own (NATS
+//!   and NATS Streaming also requiring credentials), and the service binaries themselves
+//!   ([`ServiceProcess`]).
 //! - [`clusters`]: a Redis Cluster and a JetStream cluster of a test's own, whose nodes it can
 //!   kill, freeze and start again.
 //! - [`cli`]: the command-line manners every binary must have.
@@ -28,7 +29,8 @@ pub use bus::TestBus;
 pub use channels::{TestChannels, stan_url};
 pub use http::{Answer, get, metric, metric_value, send};
 pub use servers::{
-    MongoServer, NatsServer, RedisServer, ServiceProcess, StanFileServer, StanServer, free_port,
+    MongoServer, NatsServer, NatsWithPassword, RedisServer, ServiceProcess, StanFileServer,
+    StanServer, StanWithToken, TEST_PASSWORD, TEST_TOKEN, TEST_USER, free_port,
 };
 pub use stream::{EventLog, Logged, TestStream};
 

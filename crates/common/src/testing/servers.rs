@@ -1,7 +1,8 @@
 //! Processes a test owns, every one killed when dropped: a NATS server (JetStream on disk), a
 //! Redis server (append-only, fsync always) or a MongoDB-compatible server of the test's own,
 //! which it can freeze and thaw, kill and start again on the same port and data, and the service
-//! binaries themselves ([`ServiceProcess`]).
+//! binaries themselves ([`ServiceProcess`]). A NATS server and a NATS Streaming server that
+//! require credentials ([`NatsWithPassword`], [`StanWithToken`]) check that `NATS_URL`'s are used.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,6 +142,76 @@ impl Launch for Nats {
 /// A NATS server with JetStream of the test's own.
 pub type NatsServer = OwnServer<Nats>;
 
+/// The user [`NatsWithPassword`] requires.
+pub const TEST_USER: &str = "ticketing";
+
+/// The password [`NatsWithPassword`] requires: it holds `@`, `:` and `/`, so in a URL it must be
+/// percent-encoded ([`NatsWithPassword::url_with_credentials`]).
+pub const TEST_PASSWORD: &str = "p@ss:w/rd";
+
+/// The token [`StanWithToken`] requires.
+pub const TEST_TOKEN: &str = "stan-t0ken";
+
+/// `nats-server -js` that requires the user [`TEST_USER`] with [`TEST_PASSWORD`].
+pub struct NatsPassword;
+
+impl Launch for NatsPassword {
+    fn command(port: u16, dir: &Path) -> Command {
+        let mut command = Nats::command(port, dir);
+        command.args(["--user", TEST_USER, "--pass", TEST_PASSWORD]);
+        command
+    }
+
+    async fn answers(port: u16) -> bool {
+        Nats::answers(port).await
+    }
+}
+
+/// A NATS server with JetStream of the test's own, refusing clients without [`TEST_USER`] and
+/// [`TEST_PASSWORD`].
+pub type NatsWithPassword = OwnServer<NatsPassword>;
+
+impl NatsWithPassword {
+    /// `nats://ticketing:p%40ss%3Aw%2Frd@127.0.0.1:<port>`: the credentials as `NATS_URL` carries them.
+    pub fn url_with_credentials(&self) -> String {
+        let encode = |part: &str| {
+            percent_encoding::utf8_percent_encode(part, percent_encoding::NON_ALPHANUMERIC)
+                .to_string()
+        };
+        self.url_with(&format!("{}:{}", encode(TEST_USER), encode(TEST_PASSWORD)))
+    }
+}
+
+/// `nats-streaming-server` as [`Stan`] runs it, requiring the token [`TEST_TOKEN`].
+pub struct StanToken;
+
+impl Launch for StanToken {
+    fn command(port: u16, _dir: &Path) -> Command {
+        let mut command = stan_command(port);
+        command.args(["--auth", TEST_TOKEN]);
+        command
+    }
+
+    async fn answers(port: u16) -> bool {
+        stan_answers_with(
+            port,
+            async_nats::ConnectOptions::with_token(TEST_TOKEN.into()),
+        )
+        .await
+    }
+}
+
+/// A NATS Streaming server of the test's own (memory store), refusing clients without
+/// [`TEST_TOKEN`].
+pub type StanWithToken = OwnServer<StanToken>;
+
+impl StanWithToken {
+    /// `nats://stan-t0ken@127.0.0.1:<port>`: the token as `NATS_URL` carries it.
+    pub fn url_with_credentials(&self) -> String {
+        self.url_with(TEST_TOKEN)
+    }
+}
+
 /// Servers clients reach with a `nats://` URL.
 pub trait SpeaksNats: Launch {
     /// The name of its data directory.
@@ -159,6 +230,14 @@ impl SpeaksNats for StanFile {
     const NAME: &'static str = "stan-file";
 }
 
+impl SpeaksNats for NatsPassword {
+    const NAME: &'static str = "nats-password";
+}
+
+impl SpeaksNats for StanToken {
+    const NAME: &'static str = "stan-token";
+}
+
 impl<S: SpeaksNats> OwnServer<S> {
     /// Starts one on a free port.
     pub async fn start() -> Self {
@@ -168,6 +247,11 @@ impl<S: SpeaksNats> OwnServer<S> {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `nats://<userinfo>@127.0.0.1:<port>`, `userinfo` as written (percent-encoded).
+    pub fn url_with(&self, userinfo: &str) -> String {
+        format!("nats://{userinfo}@127.0.0.1:{}", self.port)
     }
 }
 
@@ -295,9 +379,14 @@ fn stan_command(port: u16) -> Command {
 
 /// The cluster answers a discover request (with an error: the request is empty).
 async fn stan_answers(port: u16) -> bool {
+    stan_answers_with(port, async_nats::ConnectOptions::new()).await
+}
+
+/// [`stan_answers`], connecting with `options` (credentials).
+async fn stan_answers_with(port: u16, options: async_nats::ConnectOptions) -> bool {
     let Ok(Ok(client)) = tokio::time::timeout(
         Duration::from_secs(2),
-        async_nats::connect(format!("nats://127.0.0.1:{port}")),
+        options.connect(format!("nats://127.0.0.1:{port}")),
     )
     .await
     else {

@@ -8,8 +8,14 @@
 //! - keeping it: answering the server's heartbeats, and pinging it (protocol 1) so that a session
 //!   the server dropped (restarted with its memory store, or replaced us) is noticed;
 //! - losing it: every waiting publish fails at once, [`Connection::session`] turns `None`, the
-//!   subscriptions of the old session end, and a new session is opened, retrying with backoff,
-//!   without restarting the process. The listeners then subscribe again ([`Subscription`]).
+//!   subscriptions of the old session end, and a new session is opened, retrying with backoff
+//!   (250 ms doubling to 2 s), without restarting the process; why it cannot be opened yet is
+//!   what [`Connection::check`] (`/readyz`) answers. The listeners then subscribe again
+//!   ([`Subscription`]).
+//! - the protocol does not authenticate clients: anyone on the broker can send the close request
+//!   for our client id and then connect with it. The reopen is refused while that client holds
+//!   the id ([`StreamingError::ClientIdTaken`], logged once as an error) and succeeds at the
+//!   first attempt after it lets go.
 //!
 //! Publishing ([`Connection::publish`]) sends a `PubMsg` and waits for the `PubAck` carrying
 //! its guid; many may be outstanding at once (bounded). The server does not de-duplicate: a
@@ -65,6 +71,10 @@ pub enum StreamingError {
     #[error("the NATS Streaming server refused: {0}")]
     Refused(String),
     #[error(
+        "the NATS Streaming server refused: another client holds our client id `{0}` (NATS Streaming does not authenticate clients)"
+    )]
+    ClientIdTaken(String),
+    #[error(
         "`{0}` cannot be a NATS Streaming client id (NATS_CLIENT_ID): use only letters, digits, `-` and `_`"
     )]
     ClientId(String),
@@ -105,6 +115,8 @@ struct Inner {
     cluster_id: String,
     client_id: String,
     session: watch::Sender<Option<Arc<Session>>>,
+    /// Why the last attempt to open a new session failed, while there is none.
+    reopen_error: Mutex<Option<String>>,
     outstanding: Arc<Semaphore>,
     closed: CancellationToken,
 }
@@ -156,6 +168,7 @@ impl Connection {
             cluster_id: cluster_id.to_owned(),
             client_id: client_id.to_owned(),
             session,
+            reopen_error: Mutex::new(None),
             outstanding: Arc::new(Semaphore::new(MAX_OUTSTANDING_PUBLISHES)),
             closed: CancellationToken::new(),
         });
@@ -253,11 +266,16 @@ impl Connection {
         }
     }
 
-    /// The `/readyz` check: a session is open and answers a ping now.
+    /// The `/readyz` check: a session is open and answers a ping now. Without one, why the
+    /// last attempt to open one failed (e.g. another client holds our client id).
     pub async fn check(&self) -> Result<(), String> {
-        let session = self
-            .session()
-            .ok_or("NATS Streaming session lost; opening a new one")?;
+        let session = self.session().ok_or_else(|| {
+            let reason = self.inner.reopen_error.lock().expect("reopen error lock");
+            match reason.as_deref() {
+                Some(reason) => format!("NATS Streaming session lost; opening a new one: {reason}"),
+                None => "NATS Streaming session lost; opening a new one".to_owned(),
+            }
+        })?;
         match ping(&self.inner.client, &session, Duration::from_secs(2)).await {
             Ping::Alive => Ok(()),
             Ping::Ended(error) => {
@@ -276,27 +294,46 @@ impl Connection {
             return;
         };
         session.lost.cancel();
-        let request = proto::CloseRequest {
-            client_id: self.inner.client_id.clone(),
-        };
-        let answer = request_decoded::<proto::CloseResponse>(
-            &self.inner.client,
-            &session.subjects.close_requests,
-            request.encode_to_vec(),
-            Duration::from_secs(2),
-        )
-        .await;
-        match answer {
-            Ok(response) if response.error.is_empty() => {
+        match close_request(&self.inner.client, &session, &self.inner.client_id).await {
+            Ok(()) => {
                 tracing::info!(client_id = %self.inner.client_id, "NATS Streaming session closed")
-            }
-            Ok(response) => {
-                tracing::warn!(error = %response.error, "closing the NATS Streaming session")
             }
             Err(e) => {
                 tracing::warn!(error = %crate::telemetry::ErrorChain(&e), "closing the NATS Streaming session")
             }
         }
+    }
+
+    /// Sends the close request for `client_id`, as any client on the broker can (the protocol
+    /// does not authenticate): the server ends that client's session. What a squatter does
+    /// before taking a client id, for tests.
+    #[cfg(feature = "testing")]
+    pub async fn close_session_of(&self, client_id: &str) -> Result<(), StreamingError> {
+        let session = self.session().ok_or(StreamingError::NoSession)?;
+        close_request(&self.inner.client, &session, client_id).await
+    }
+}
+
+/// Asks the server (through `session`'s close subject) to end the session of `client_id`.
+async fn close_request(
+    client: &async_nats::Client,
+    session: &Session,
+    client_id: &str,
+) -> Result<(), StreamingError> {
+    let request = proto::CloseRequest {
+        client_id: client_id.to_owned(),
+    };
+    let response = request_decoded::<proto::CloseResponse>(
+        client,
+        &session.subjects.close_requests,
+        request.encode_to_vec(),
+        Duration::from_secs(2),
+    )
+    .await?;
+    if response.error.is_empty() {
+        Ok(())
+    } else {
+        Err(StreamingError::Refused(response.error))
     }
 }
 
@@ -352,6 +389,10 @@ async fn open_session(inner: &Inner) -> Result<Arc<Session>, StreamingError> {
         }
         other => other,
     })?;
+    if subjects.error.contains("clientID already registered") {
+        // The server asked the holder's heartbeat inbox and got an answer: a live client.
+        return Err(StreamingError::ClientIdTaken(inner.client_id.clone()));
+    }
     if !subjects.error.is_empty() {
         return Err(StreamingError::Refused(subjects.error));
     }
@@ -402,6 +443,8 @@ async fn keep_open(inner: Arc<Inner>) {
         drop(session);
         tracing::warn!(client_id = %inner.client_id, "NATS Streaming session lost; opening a new one");
         let mut pause = Duration::from_millis(250);
+        // Since when another client holds our client id, while it does.
+        let mut taken_since: Option<std::time::Instant> = None;
         loop {
             let opened = tokio::select! {
                 _ = inner.closed.cancelled() => return,
@@ -409,12 +452,37 @@ async fn keep_open(inner: Arc<Inner>) {
             };
             match opened {
                 Ok(session) => {
-                    tracing::info!(client_id = %inner.client_id, "NATS Streaming session open again");
+                    *inner.reopen_error.lock().expect("reopen error lock") = None;
+                    match taken_since {
+                        Some(since) => tracing::info!(
+                            client_id = %inner.client_id,
+                            held_for = ?since.elapsed(),
+                            "NATS Streaming session open again: the other client let go of our client id"
+                        ),
+                        None => {
+                            tracing::info!(client_id = %inner.client_id, "NATS Streaming session open again")
+                        }
+                    }
                     inner.session.send_replace(Some(session));
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::telemetry::ErrorChain(&e), ?pause, "cannot open a NATS Streaming session yet")
+                    let error = crate::telemetry::ErrorChain(&e).to_string();
+                    if matches!(e, StreamingError::ClientIdTaken(_)) {
+                        // Once while it lasts, not at every attempt.
+                        if taken_since.is_none() {
+                            taken_since = Some(std::time::Instant::now());
+                            tracing::error!(
+                                client_id = %inner.client_id,
+                                "another client holds our NATS Streaming client id (it may have closed our session: the broker does not authenticate clients; keep it unreachable to untrusted ones); not ready until it lets go, retrying every {MAX_REOPEN_PAUSE:?} at most"
+                            );
+                        } else {
+                            tracing::debug!(%error, ?pause, "our client id is still held by another client");
+                        }
+                    } else {
+                        tracing::warn!(%error, ?pause, "cannot open a NATS Streaming session yet");
+                    }
+                    *inner.reopen_error.lock().expect("reopen error lock") = Some(error);
                 }
             }
             tokio::select! {
