@@ -26,8 +26,8 @@ pub use connect::{
     normalize_url, servers,
 };
 pub use listener::{
-    Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,
-    consumer_name, run_listener, supervise,
+    Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_WAITING, HandlerError, Listener, ListenerOptions,
+    MessageInfo, consumer_name, run_listener, supervise,
 };
 pub use metrics::{BusMetrics, ConsumerLabels};
 pub use publisher::{PublishError, Published, Publisher};
