@@ -685,6 +685,39 @@ async fn a_flood_of_events_waiting_for_a_later_delivery_does_not_hold_up_the_oth
     finish(under, shutdown, task).await;
 }
 
+/// The server may send a member more than it handles at once (room for messages waiting for a
+/// redelivery), and sends again what is not acked within the ack wait, also a message still
+/// waiting for a handling slot: that copy is skipped, so each message is handled once.
+#[tokio::test]
+async fn on_streaming_a_copy_sent_again_while_its_message_waits_for_a_handling_slot_is_skipped() {
+    let under = TestBus::new(Transport::Streaming).await;
+    // One handled at a time, 700 ms each; up to five sent unacked, so the last ones wait for
+    // their slot past the 2 s ack wait and the server sends them again.
+    let recorder = Arc::new(Recorder {
+        delay: Duration::from_millis(700),
+        ..Default::default()
+    });
+    let mut opts = options(&under);
+    opts.max_in_flight = 1;
+    opts.max_waiting = 4;
+    for n in 0..5 {
+        under.publish(&expiration(n)).await;
+    }
+    let (shutdown, task) = start(&under, recorder.clone(), opts);
+    eventually(Duration::from_secs(15), "five messages handled", || async {
+        recorder.ids().len() >= 5
+    })
+    .await;
+    RecorderGroup::all_acked(&under).await;
+    // Past the ack wait again, and time for any copy read late to be handled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ids = recorder.ids();
+    ids.sort();
+    let expected: Vec<String> = (0..5).map(|n| expiration(n).order_id).collect();
+    assert_eq!(ids, expected, "each handled once");
+    finish(under, shutdown, task).await;
+}
+
 /// A consumer created by an earlier version (with the server's default limit of 1,000 pending
 /// acks) is updated in place: unlimited, and where it stood.
 #[tokio::test]

@@ -30,8 +30,9 @@ use crate::bus::streaming::{AckHandle, Connection, Delivery, StreamingError, Sub
 /// messages waiting for a later delivery never stops the server from sending the others.
 ///
 /// The server cannot be told that a message is still being worked on, so it sends a message
-/// held for a dependency outage again after the ack wait, maybe to this runner: a second copy
-/// of a message already in hand is skipped (the copy in hand acks the sequence).
+/// held for a dependency outage, or received and not yet started, again after the ack wait,
+/// maybe to this runner: a second copy of a message already in hand is skipped (the copy in
+/// hand acks the sequence).
 pub(crate) async fn run_streaming_listener<L: Listener>(
     connection: &Connection,
     listener: Arc<L>,
@@ -72,57 +73,66 @@ pub(crate) async fn run_streaming_listener<L: Listener>(
         // held back to the group when it dropped that member.
         held.lock().expect("held lock").waiting.clear();
         tracing::info!(consumer = %name, channel = %spec.channel, "listening");
+        // Sent to us but not started yet: the server may hand us more than we handle at once
+        // (room for those waiting for a redelivery), and keeps their ack wait running. They are
+        // read as they come, so that a copy it sends again meanwhile is recognised and skipped.
+        let mut queued = VecDeque::new();
         loop {
-            let permit = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
                     open = Some(subscription);
                     break 'subscribe;
                 }
-                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            };
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    open = Some(subscription);
-                    break 'subscribe;
+                permit = permits.clone().acquire_owned(), if !queued.is_empty() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let delivery: Delivery = queued.pop_front().expect("a queued delivery");
+                    let sequence = delivery.sequence;
+                    let (listener, options, shutdown, held) = (
+                        listener.clone(),
+                        options.clone(),
+                        shutdown.clone(),
+                        held.clone(),
+                    );
+                    in_hand.spawn(async move {
+                        let message = StreamingMessage::new(delivery);
+                        handle(&*listener, &message, &options, &shutdown).await;
+                        // Waiting before leaving the hand: a copy arriving in between is
+                        // either skipped (still in hand) or finds its handle waiting and takes
+                        // it out.
+                        let given_up = held
+                            .lock()
+                            .expect("held lock")
+                            .done(sequence, message.waits().then(|| message.0.ack_handle()));
+                        // The handling slot is free whatever the outcome; a message waiting for
+                        // its redelivery does not keep the others from being handled.
+                        drop(permit);
+                        if let Some((_, given_up)) = given_up {
+                            give_up(&given_up, &options, L::Event::SUBJECT).await;
+                        }
+                    });
                 }
-                next = subscription.next() => next,
-            };
-            let Some(delivery) = next else {
-                tracing::info!(consumer = %name, "the NATS Streaming session was lost; subscribing again on the next one");
-                break;
-            };
-            let sequence = delivery.sequence;
-            if !held.lock().expect("held lock").take_in_hand(sequence) {
-                tracing::debug!(consumer = %name, sequence, "sent again while still in hand; skipped");
-                continue;
+                next = subscription.next() => {
+                    let Some(delivery) = next else {
+                        tracing::info!(consumer = %name, "the NATS Streaming session was lost; subscribing again on the next one");
+                        break;
+                    };
+                    let sequence = delivery.sequence;
+                    if held.lock().expect("held lock").take_in_hand(sequence) {
+                        queued.push_back(delivery);
+                    } else {
+                        tracing::debug!(consumer = %name, sequence, "sent again while still in hand; skipped");
+                    }
+                }
             }
-            let (listener, options, shutdown, held) = (
-                listener.clone(),
-                options.clone(),
-                shutdown.clone(),
-                held.clone(),
-            );
-            in_hand.spawn(async move {
-                let message = StreamingMessage::new(delivery);
-                handle(&*listener, &message, &options, &shutdown).await;
-                // Waiting before leaving the hand: a copy arriving in between is either skipped
-                // (still in hand) or finds its handle waiting and takes it out.
-                let given_up = held
-                    .lock()
-                    .expect("held lock")
-                    .done(sequence, message.waits().then(|| message.0.ack_handle()));
-                // The handling slot is free whatever the outcome; a message waiting for its
-                // redelivery does not keep the others from being handled.
-                drop(permit);
-                if let Some((_, given_up)) = given_up {
-                    give_up(&given_up, &options, L::Event::SUBJECT).await;
-                }
-            });
             while let Some(done) = in_hand.try_join_next() {
                 log_join_error(&name, done);
             }
+        }
+        // Not started: the server hands them to the group again.
+        let mut guard = held.lock().expect("held lock");
+        for delivery in queued {
+            guard.done(delivery.sequence, None);
         }
     }
     while let Some(done) = in_hand.join_next().await {
@@ -135,8 +145,9 @@ pub(crate) async fn run_streaming_listener<L: Listener>(
     Ok(())
 }
 
-/// Sequences of a subscription the runner holds: those being handled, and those waiting for
-/// the server to send them again, with what acks them (`H`: an [`AckHandle`]).
+/// Sequences of a subscription the runner holds: those in hand (being handled, or received and
+/// waiting for a handling slot), and those waiting for the server to send them again, with what
+/// acks them (`H`: an [`AckHandle`]).
 struct Held<H> {
     in_hand: HashSet<u64>,
     waiting: Waiting<H>,
