@@ -131,9 +131,9 @@ async fn finish(under: TestBus, shutdown: CancellationToken, task: JoinHandle<()
     under.delete().await;
 }
 
-fn start(
+fn start<L: Listener>(
     under: &TestBus,
-    listener: Arc<Recorder>,
+    listener: Arc<L>,
     options: ListenerOptions,
 ) -> (CancellationToken, JoinHandle<()>) {
     let shutdown = CancellationToken::new();
@@ -204,6 +204,7 @@ on_both_transports!(
     invalid_events_are_dropped_before_they_reach_the_handler,
     shutdown_lets_the_message_in_hand_finish_and_be_acked,
     a_listener_sees_only_its_own_subject,
+    a_flood_of_events_waiting_for_a_later_delivery_does_not_hold_up_the_others,
 );
 
 async fn a_published_event_reaches_the_handler_typed(kind: Transport) {
@@ -581,6 +582,200 @@ async fn a_listener_sees_only_its_own_subject(kind: Transport) {
         recorder.ids(),
         [expiration(4).order_id],
         "the ticket event never reached it"
+    );
+    finish(under, shutdown, task).await;
+}
+
+/// Answers "cannot apply yet" (an earlier version is missing) to every event but
+/// [`LEGITIMATE`]'s, which it applies, noting when.
+#[derive(Default)]
+struct WaitsForEarlierVersions {
+    applied: Mutex<Option<Instant>>,
+}
+
+/// The one event [`WaitsForEarlierVersions`] can apply.
+const LEGITIMATE: usize = 0xbeef;
+
+impl Listener for WaitsForEarlierVersions {
+    type Event = ExpirationComplete;
+    const QUEUE_GROUP: &'static str = "test-service";
+
+    async fn on_message(
+        &self,
+        event: ExpirationComplete,
+        _: MessageInfo,
+    ) -> Result<(), HandlerError> {
+        if event.order_id != expiration(LEGITIMATE).order_id {
+            return Err(HandlerError::retry("an earlier version is missing"));
+        }
+        self.applied
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        Ok(())
+    }
+}
+
+/// Events in the flood: more than JetStream's default limit of pending acks (1,000), and many
+/// times what a NATS Streaming member may hold unacked.
+const FLOOD: usize = 1_100;
+
+/// With the default options, 1,100 events the handler cannot apply yet (each retried, as it
+/// should be) are published, then one it can: it is handled within 2 s of its publish. Before,
+/// the retried ones held every place the server allows unacked (JetStream: `max_ack_pending`,
+/// 1,000; NATS Streaming: the subscription's max in flight, 32), and it waited minutes.
+async fn a_flood_of_events_waiting_for_a_later_delivery_does_not_hold_up_the_others(
+    kind: Transport,
+) {
+    let under = TestBus::new(kind).await;
+    let listener = Arc::new(WaitsForEarlierVersions::default());
+    let mut opts = ListenerOptions::new(under.spec().clone());
+    let metrics = BusMetrics::default();
+    opts.metrics = Some(metrics.clone());
+    let (shutdown, task) = start(&under, listener.clone(), opts);
+    let publisher = under.publisher();
+    let flood = (0..FLOOD).map(|n| {
+        let publisher = publisher.clone();
+        async move { publisher.publish(&expiration(n)).await }
+    });
+    let flooded = futures::future::join_all(flood).await;
+    assert!(flooded.iter().all(Result::is_ok), "every publish acked");
+    let subject = Subject::ExpirationComplete.as_str();
+    // The listener is taken up with the flood: every handling slot has had one.
+    eventually(
+        Duration::from_secs(10),
+        "the flood being retried",
+        || async { metrics.handled_count(subject, "retry") >= 32 },
+    )
+    .await;
+
+    let published = Instant::now();
+    under.publish(&expiration(LEGITIMATE)).await;
+    let limit = Duration::from_secs(2);
+    // Waits longer than the limit, so that the figure is seen either way.
+    eventually(Duration::from_secs(10), "the legitimate event", || async {
+        listener.applied.lock().unwrap().is_some()
+    })
+    .await;
+    let took = listener.applied.lock().unwrap().unwrap() - published;
+    println!(
+        "{kind:?}: the legitimate event handled {took:?} after its publish, behind {FLOOD} waiting"
+    );
+    assert!(
+        took < limit,
+        "handled {took:?} after its publish, expected under {limit:?}"
+    );
+    match &under {
+        // Nothing given up early: the flood goes on being retried, up to its delivery limit.
+        TestBus::JetStream(stream) => {
+            assert_eq!(metrics.handled_count(subject, "gave_up"), 0);
+            assert_eq!(consumer_info(stream).await.config.max_ack_pending, -1);
+        }
+        // The server sent all 1,101 with at most 32 + 256 unacked: the rest were given up.
+        TestBus::Streaming(_) => {
+            let at_least = (FLOOD - 32 - common::bus::DEFAULT_MAX_WAITING) as u64;
+            eventually(
+                Duration::from_secs(5),
+                "the flood given up but 288",
+                || async { metrics.handled_count(subject, "gave_up") >= at_least },
+            )
+            .await;
+        }
+    }
+    finish(under, shutdown, task).await;
+}
+
+/// The server may send a member more than it handles at once (room for messages waiting for a
+/// redelivery), and sends again what is not acked within the ack wait, also a message still
+/// waiting for a handling slot: that copy is skipped, so each message is handled once.
+#[tokio::test]
+async fn on_streaming_a_copy_sent_again_while_its_message_waits_for_a_handling_slot_is_skipped() {
+    let under = TestBus::new(Transport::Streaming).await;
+    // One handled at a time, 700 ms each; up to five sent unacked, so the last ones wait for
+    // their slot past the 2 s ack wait and the server sends them again.
+    let recorder = Arc::new(Recorder {
+        delay: Duration::from_millis(700),
+        ..Default::default()
+    });
+    let mut opts = options(&under);
+    opts.max_in_flight = 1;
+    opts.max_waiting = 4;
+    for n in 0..5 {
+        under.publish(&expiration(n)).await;
+    }
+    let (shutdown, task) = start(&under, recorder.clone(), opts);
+    eventually(Duration::from_secs(15), "five messages handled", || async {
+        recorder.ids().len() >= 5
+    })
+    .await;
+    RecorderGroup::all_acked(&under).await;
+    // Past the ack wait again, and time for any copy read late to be handled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ids = recorder.ids();
+    ids.sort();
+    let expected: Vec<String> = (0..5).map(|n| expiration(n).order_id).collect();
+    assert_eq!(ids, expected, "each handled once");
+    finish(under, shutdown, task).await;
+}
+
+/// A consumer created by an earlier version (with the server's default limit of 1,000 pending
+/// acks) is updated in place: unlimited, and where it stood.
+#[tokio::test]
+async fn a_consumer_an_earlier_version_created_is_updated_in_place_to_unlimited_pending_acks() {
+    let under = TestBus::new(Transport::JetStream).await;
+    let TestBus::JetStream(stream) = &under else {
+        unreachable!()
+    };
+    let name = consumer_name(Recorder::QUEUE_GROUP, Subject::ExpirationComplete);
+    let js_stream = stream.js.get_stream(&stream.spec.name).await.unwrap();
+    // As the earlier version created it.
+    let earlier: async_nats::jetstream::consumer::PullConsumer = js_stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: stream.spec.subject(Subject::ExpirationComplete),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        earlier.cached_info().config.max_ack_pending,
+        1000,
+        "the server's default"
+    );
+    // The earlier version handled the first event.
+    under.publish(&expiration(1)).await;
+    let mut batch = earlier.fetch().max_messages(1).messages().await.unwrap();
+    use futures::StreamExt;
+    batch
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .double_ack()
+        .await
+        .unwrap();
+
+    under.publish(&expiration(2)).await;
+    let recorder = Arc::new(Recorder::default());
+    let (shutdown, task) = start(&under, recorder.clone(), options(&under));
+    eventually(Duration::from_secs(10), "the second event", || async {
+        recorder.ids().len() == 1
+    })
+    .await;
+    let info = consumer_info(stream).await;
+    assert_eq!(info.config.max_ack_pending, -1, "updated in place");
+    assert_eq!(
+        recorder.ids(),
+        [expiration(2).order_id],
+        "from where it stood"
+    );
+    assert_eq!(
+        info.created,
+        earlier.cached_info().created,
+        "the same consumer, not a new one"
     );
     finish(under, shutdown, task).await;
 }
@@ -1014,14 +1209,16 @@ async fn on_streaming_a_listener_subscribes_as_the_course_listener_does() {
         .await;
     assert_eq!(members.len(), 1, "{members:?}");
     let member = &members[0];
-    // Durable name = queue group ("test-service:test-service"), ack wait 5 s, 32 unacked.
+    // Durable name = queue group ("test-service:test-service"), ack wait 5 s, 288 unacked: 32
+    // in hand, and up to 256 left unacked while they wait to be sent again (the course's
+    // listener asks for 32; ours does not hold a handling slot for a message that waits).
     assert_eq!(
         (
             member["is_durable"].as_bool(),
             member["ack_wait"].as_u64(),
             member["max_inflight"].as_u64()
         ),
-        (Some(true), Some(5), Some(32)),
+        (Some(true), Some(5), Some(288)),
         "{member}"
     );
     finish(under, shutdown, task).await;

@@ -27,8 +27,8 @@ pub use connect::{
     ensure_stream, normalize_url, servers, with_credentials,
 };
 pub use listener::{
-    Backoff, DEFAULT_MAX_DELIVERIES, HandlerError, Listener, ListenerOptions, MessageInfo,
-    consumer_name, run_listener, supervise,
+    Backoff, DEFAULT_MAX_DELIVERIES, DEFAULT_MAX_WAITING, HandlerError, Listener, ListenerOptions,
+    MessageInfo, consumer_name, run_listener, supervise,
 };
 pub use metrics::{BusMetrics, ConsumerLabels};
 pub use publisher::{PublishError, Published, Publisher};

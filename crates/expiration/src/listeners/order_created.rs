@@ -8,7 +8,10 @@ use crate::queue::{Queue, to_ms};
 
 /// `order:created` messages handled at once. Their schedules share script calls (see
 /// [`Queue::schedule_versioned`]), so a burst is taken in by the batch rather than waiting for
-/// one Redis round trip and one confirmed ack at a time per slot of the default 32.
+/// one Redis round trip and one confirmed ack at a time per slot of the default 32. On NATS
+/// Streaming the subscription asks for this plus `ListenerOptions::max_waiting` (256) unacked,
+/// 512: room for events waiting for a redelivery beside those handled. Its handler answers
+/// "cannot apply yet" only for a panic, so in practice that room only lets the server send ahead.
 pub const IN_FLIGHT: usize = 256;
 
 /// Schedules a job keyed by the order id, due at `expiresAt`, unless a newer version of the order

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::pull};
+use async_nats::jetstream::consumer::{FromConsumer, pull};
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -36,6 +37,7 @@ pub async fn run_listener<L: Listener>(
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: options.ack_wait,
+        max_ack_pending: UNLIMITED_ACK_PENDING,
         ..Default::default()
     };
     let consumer_error = |source: BoxError| BusError::Consumer {
@@ -51,10 +53,9 @@ pub async fn run_listener<L: Listener>(
             .get_stream(&options.stream.name)
             .await
             .map_err(|e| consumer_error(e.into()))?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&name, config.clone())
+        let consumer = durable_consumer(&stream, &name, &config)
             .await
-            .map_err(|e| consumer_error(e.into()))?;
+            .map_err(consumer_error)?;
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(options.max_in_flight.max(1))
@@ -123,6 +124,42 @@ pub async fn run_listener<L: Listener>(
     }
     tracing::info!(consumer = %name, "stopped");
     Ok(())
+}
+
+/// `max_ack_pending` without a limit. Messages nak'd with a delay (waiting for an earlier
+/// version) stay pending until they are acked or terminated; with the server's default limit
+/// (1,000) a flood of them would stop the consumer from delivering anything else, the events
+/// they wait for included. What this runner holds at once is bounded by `max_in_flight` instead.
+const UNLIMITED_ACK_PENDING: i64 = -1;
+
+/// The durable consumer `name`, created with `config` if missing. One that an earlier version
+/// created with a limit of pending acks (the server's default) is updated in place to
+/// [`UNLIMITED_ACK_PENDING`], keeping the rest of its configuration and its position; if the
+/// server refuses the update, it is used as it is, with a warning.
+async fn durable_consumer(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    config: &pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, BoxError> {
+    let consumer: jetstream::consumer::PullConsumer =
+        stream.get_or_create_consumer(name, config.clone()).await?;
+    let limit = consumer.cached_info().config.max_ack_pending;
+    if limit == config.max_ack_pending {
+        return Ok(consumer);
+    }
+    let mut unlimited = consumer.cached_info().config.clone();
+    unlimited.max_ack_pending = config.max_ack_pending;
+    let unlimited = <pull::Config as FromConsumer>::try_from_consumer_config(unlimited)?;
+    match stream.create_consumer(unlimited).await {
+        Ok(updated) => {
+            tracing::info!(consumer = %name, from = limit, to = config.max_ack_pending, "consumer's limit of pending acks lifted");
+            Ok(updated)
+        }
+        Err(e) => {
+            tracing::warn!(consumer = %name, max_ack_pending = limit, error = %ErrorChain(&e), "cannot lift the consumer's limit of pending acks; a flood of messages waiting for a redelivery may hold up the others");
+            Ok(consumer)
+        }
+    }
 }
 
 /// Sends the acknowledgement and waits for the server to confirm it, so that a message reported

@@ -122,6 +122,14 @@ pub struct ListenerOptions {
     pub ack_wait: Duration,
     /// Most messages handled at once by this runner (and fetched ahead of handling).
     pub max_in_flight: usize,
+    /// NATS Streaming only: most messages its handler could not apply yet
+    /// ([`HandlerError::Retry`]) left unacked while they wait for the server to send them again
+    /// after the ack wait. They do not hold one of the `max_in_flight` handling slots, but they
+    /// count against what the server may send unacked, so the subscription asks for
+    /// `max_in_flight + max_waiting`. Past it, the message waiting longest is given up: acked,
+    /// logged with its sequence, counted as `gave_up`. JetStream needs no such bound: a nak'd
+    /// message is not held at all, and its consumer has no limit of pending acks.
+    pub max_waiting: usize,
     /// Redelivery delay after a retryable failure ([`HandlerError::Retry`]).
     pub backoff: Backoff,
     /// Delay between attempts while a dependency is unavailable ([`HandlerError::Unavailable`]):
@@ -142,6 +150,10 @@ pub struct ListenerOptions {
 /// 60 s), about 14 minutes of retries.
 pub const DEFAULT_MAX_DELIVERIES: u64 = 20;
 
+/// Default of [`ListenerOptions::max_waiting`]: with 32 handled at once, a NATS Streaming
+/// subscription may have 288 messages unacked.
+pub const DEFAULT_MAX_WAITING: usize = 256;
+
 /// Default of [`ListenerOptions::unavailable_backoff`]: 250 ms doubling to 2 s.
 pub const UNAVAILABLE_BACKOFF: Backoff = Backoff {
     initial: Duration::from_millis(250),
@@ -150,12 +162,14 @@ pub const UNAVAILABLE_BACKOFF: Backoff = Backoff {
 
 impl ListenerOptions {
     /// Defaults of docs/contract.md §2.4 for `stream`: ack wait 5 s, handler timeout 4 s, 32 in
-    /// flight, given up after [`DEFAULT_MAX_DELIVERIES`].
+    /// flight, [`DEFAULT_MAX_WAITING`] waiting for a redelivery (NATS Streaming), given up after
+    /// [`DEFAULT_MAX_DELIVERIES`].
     pub fn new(stream: StreamSpec) -> Self {
         ListenerOptions {
             stream,
             ack_wait: Duration::from_secs(5),
             max_in_flight: 32,
+            max_waiting: DEFAULT_MAX_WAITING,
             backoff: Backoff::default(),
             unavailable_backoff: UNAVAILABLE_BACKOFF,
             handler_timeout: Duration::from_secs(4),

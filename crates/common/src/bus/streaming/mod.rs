@@ -35,7 +35,7 @@ use prost::Message as _;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use subscription::{Delivery, Subscription, SubscriptionSpec};
+pub use subscription::{AckHandle, Delivery, Subscription, SubscriptionSpec};
 
 /// How long the server has to answer a connect or subscribe request. Longer than the course's
 /// heartbeat timeout (5 s), because a connect reusing the client id of a pod that died makes the

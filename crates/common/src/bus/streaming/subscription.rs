@@ -68,6 +68,31 @@ impl Delivery {
     /// Acknowledges it: the server will not send it again. Sent without a confirmation (the
     /// protocol has none); a lost ack means a redelivery after the ack wait.
     pub async fn ack(&self) -> Result<(), async_nats::PublishError> {
+        self.ack_handle().ack().await
+    }
+
+    /// What acks this delivery later, without keeping its body.
+    pub fn ack_handle(&self) -> AckHandle {
+        AckHandle {
+            sequence: self.sequence,
+            acker: self.acker.clone(),
+        }
+    }
+}
+
+/// Acks one delivery of a subscription: kept, instead of the whole [`Delivery`], for a message
+/// left unacked while it waits for the server to send it again.
+#[derive(Clone)]
+pub struct AckHandle {
+    /// The message's sequence in its channel.
+    pub sequence: u64,
+    acker: Arc<Acker>,
+}
+
+impl AckHandle {
+    /// As [`Delivery::ack`]. An ack reaching the server after it closed the subscription (a
+    /// lost session) is ignored there.
+    pub async fn ack(&self) -> Result<(), async_nats::PublishError> {
         let ack = proto::Ack {
             subject: self.acker.channel.clone(),
             sequence: self.sequence,
