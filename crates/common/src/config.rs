@@ -354,6 +354,18 @@ pub mod parse {
             .ok_or_else(|| Expected("a whole number, at least 1".into()))
     }
 
+    /// A whole number from `MIN` to `MAX`.
+    pub fn whole_number_in<const MIN: usize, const MAX: usize>(
+        value: &str,
+    ) -> Result<usize, Expected> {
+        value
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (MIN..=MAX).contains(n))
+            .ok_or_else(|| Expected(format!("a whole number from {MIN} to {MAX}")))
+    }
+
     /// `true` or `false`.
     pub fn boolean(value: &str) -> Result<bool, Expected> {
         match value.trim().to_ascii_lowercase().as_str() {

@@ -9,7 +9,8 @@
 //! - [`build_info`]: the package version and git commit a binary was built from (`--version`).
 //! - [`config`]: settings declared once with clap: `--help`, `--env-vars`, one-line errors.
 //! - [`ops`]: the `/healthz`, `/readyz` and `/metrics` answers, served on a worker's ops port.
-//! - [`server`]: serving HTTP/1.1 with a header timeout, a connection cap and graceful shutdown.
+//! - [`server`]: serving HTTP/1.1 with a header timeout, a cap on request heads, a connection cap
+//!   that sheds the connection idle the longest, and graceful shutdown.
 //! - [`telemetry`]: `tracing` set-up (pretty or JSON by `LOG_FORMAT`, level by `RUST_LOG`).
 //! - [`shutdown`]: SIGTERM / Ctrl-C to a cancellation token; [`service`]: the `main` both
 //!   services share (settings, logging, signals, build, run, exit code).

@@ -12,12 +12,11 @@ use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::ServerLimits;
+use crate::server::{ConnectionMetrics, ServerLimits};
 
 /// A readiness check: resolves to `Err(reason)` when the dependency does not answer.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -30,7 +29,7 @@ pub struct Ops {
     registry: Registry,
     checks: Vec<(&'static str, Check)>,
     details: serde_json::Map<String, serde_json::Value>,
-    connections: Gauge,
+    connections: ConnectionMetrics,
 }
 
 /// A response of an ops endpoint, independent of the HTTP library serving it.
@@ -42,14 +41,10 @@ pub struct OpsResponse {
 }
 
 impl Ops {
-    /// Ops over `registry` (adding `http_connections_open`), with no checks yet.
+    /// Ops over `registry` (adding the server's `http_connections_open` and
+    /// `http_connections_shed_total`), with no checks yet.
     pub fn new(mut registry: Registry) -> Self {
-        let connections = Gauge::default();
-        registry.register(
-            "http_connections_open",
-            "HTTP connections open on this process's server",
-            connections.clone(),
-        );
+        let connections = ConnectionMetrics::register(&mut registry);
         Ops {
             registry,
             checks: Vec::new(),
@@ -58,8 +53,8 @@ impl Ops {
         }
     }
 
-    /// The gauge of open connections, for the server that serves these endpoints.
-    pub fn connections(&self) -> Gauge {
+    /// The connection metrics, for the server that serves these endpoints.
+    pub fn connections(&self) -> ConnectionMetrics {
         self.connections.clone()
     }
 
@@ -233,6 +228,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_header_bytes: 16384,
         };
         let server = tokio::spawn(ops.serve(listener, limits, shutdown.clone()));
 

@@ -91,3 +91,57 @@ pub async fn metric(port: u16, name: &str) -> f64 {
     let answer = get(port, "/metrics").await.expect("/metrics answers");
     metric_value(&answer.body, name)
 }
+
+/// `n` connections to `127.0.0.1:port` that never send anything, held open until dropped.
+pub async fn idle_sockets(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connecting an idle socket");
+        sockets.push(socket);
+    }
+    sockets
+}
+
+/// How a series of probes went: how many were answered 200 within the limit, of how many, and
+/// the slowest (a probe not answered in time counts as the limit).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probes {
+    pub answered: usize,
+    pub asked: usize,
+    pub slowest: std::time::Duration,
+}
+
+/// `rounds` rounds of `GET path` for each of `paths` on `127.0.0.1:port`, one after the other
+/// on fresh connections as the kubelet probes, each given `within` to answer 200; how they went,
+/// path by path.
+pub async fn probe(
+    port: u16,
+    paths: &[&str],
+    rounds: usize,
+    within: std::time::Duration,
+) -> Vec<Probes> {
+    let mut probes = vec![
+        Probes {
+            answered: 0,
+            asked: 0,
+            slowest: std::time::Duration::ZERO,
+        };
+        paths.len()
+    ];
+    for _ in 0..rounds {
+        for (path, probes) in paths.iter().zip(probes.iter_mut()) {
+            let asked = std::time::Instant::now();
+            let answer = tokio::time::timeout(within, get(port, path)).await;
+            probes.asked += 1;
+            probes.slowest = probes.slowest.max(asked.elapsed().min(within));
+            if let Ok(Ok(answer)) = answer
+                && answer.status == http::StatusCode::OK
+            {
+                probes.answered += 1;
+            }
+        }
+    }
+    probes
+}

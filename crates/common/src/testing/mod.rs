@@ -1,7 +1,8 @@
 //! Test support, one module per concern; only ever enabled as a dev-dependency feature.
 //!
 //! - here: where the local stack (`scripts/stack up`) listens, unique names, polling.
-//! - [`http`]: one HTTP/1.1 request on a fresh connection, and reading `/metrics`.
+//! - [`http`]: one HTTP/1.1 request on a fresh connection, reading `/metrics`, idle sockets and
+//!   probes timed as the kubelet's.
 //! - [`stream`]: a JetStream stream of a test's own ([`TestStream`], deleted on drop) and the
 //!   [`EventLog`] of everything it holds.
 //! - [`channels`]: the same on NATS Streaming ([`TestChannels`]); [`bus`]: either of them
@@ -27,10 +28,10 @@ use std::time::{Duration, Instant};
 
 pub use bus::TestBus;
 pub use channels::{TestChannels, stan_url};
-pub use http::{Answer, get, metric, metric_value, send};
+pub use http::{Answer, Probes, get, idle_sockets, metric, metric_value, probe, send};
 pub use servers::{
     MongoServer, NatsServer, NatsWithPassword, RedisServer, ServiceProcess, StanFileServer,
-    StanServer, StanWithToken, TEST_PASSWORD, TEST_TOKEN, TEST_USER, free_port,
+    StanServer, StanWithToken, TEST_PASSWORD, TEST_TOKEN, TEST_USER, free_port, resident_memory,
 };
 pub use stream::{EventLog, Logged, TestStream};
 

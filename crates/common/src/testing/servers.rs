@@ -496,6 +496,21 @@ impl<S> OwnServer<S> {
     }
 }
 
+/// The resident memory of process `pid` in bytes (`VmRSS` in `/proc/<pid>/status`); `None` once
+/// it has exited, or off Linux.
+pub fn resident_memory(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// A service binary running as a child process with exactly the environment it is given (plus
 /// `PATH`), its output appended to a log file. It can be killed (SIGKILL), stopped (SIGTERM) and
 /// started again with the same environment. The log is removed on drop unless the test failed
@@ -621,6 +636,11 @@ impl ServiceProcess {
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Its resident memory in bytes, while it runs (see [`resident_memory`]).
+    pub fn rss(&self) -> Option<u64> {
+        resident_memory(self.pid()?)
     }
 
     /// The value of the metric line `name` it serves on `/metrics`.

@@ -240,7 +240,8 @@ async fn idle_sockets_to_the_ops_port_are_capped_and_closed() {
             while matches!(socket.read(&mut buffer).await, Ok(n) if n > 0) {}
         }));
     }
-    // Eight rounds of five, 0.3 s each.
+    // Past the cap, each newcomer takes the place of the one idle the longest (35 of them);
+    // the last five are closed by the header timeout.
     for socket in idle {
         tokio::time::timeout(Duration::from_secs(10), socket)
             .await
@@ -249,10 +250,11 @@ async fn idle_sockets_to_the_ops_port_are_capped_and_closed() {
     }
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(2000),
-        "{took:?}: more than 5 open at once"
+        took >= Duration::from_millis(300),
+        "{took:?}: the last ones closed early"
     );
     assert_eq!(get(app.ops, "/readyz").await.unwrap().status, 200);
+    assert_eq!(app.metric("http_connections_shed_total").await, 35.0);
     assert_eq!(
         app.metric("http_connections_open").await,
         1.0,

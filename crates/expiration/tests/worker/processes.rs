@@ -1,12 +1,12 @@
 //! The worker as processes: killed between claim and publish, stopped with SIGTERM, three
-//! replicas, and the `inspect` command.
+//! replicas, the `inspect` command, and its probes while idle sockets fill the ops port.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use common::Subject;
 use common::events::ExpirationComplete;
-use common::testing::{TestStream, eventually, redis_url};
+use common::testing::{TestStream, eventually, idle_sockets, probe, redis_url};
 
 use super::helpers::*;
 
@@ -209,7 +209,13 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
     cli::assert_help(
         expiration,
         &[],
-        &["REDIS_HOST", "NATS_URL", "EXPIRATION_LEASE_MS", "OPS_PORT"],
+        &[
+            "REDIS_HOST",
+            "NATS_URL",
+            "EXPIRATION_LEASE_MS",
+            "OPS_PORT",
+            "HTTP_MAX_HEADER_BYTES",
+        ],
     );
     cli::assert_help(expiration, &["inspect"], &["REDIS_URL", "requeue"]);
     cli::assert_version(expiration, "expiration", env!("CARGO_PKG_VERSION"));
@@ -238,6 +244,12 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
     cli::assert_one_line_error(
         expiration,
         &[],
+        &cli::with(&unreachable, ("HTTP_MAX_HEADER_BYTES", "2000000")),
+        "HTTP_MAX_HEADER_BYTES=`2000000` is invalid: expected a whole number from 8192 to 1048576",
+    );
+    cli::assert_one_line_error(
+        expiration,
+        &[],
         &[("REDIS_HOST", "r")],
         "NATS_URL must be set",
     );
@@ -247,4 +259,32 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
     let (code, stdout, stderr) = cli::run(expiration, &[], &nobody);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("cannot reach Redis"), "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn probes_are_answered_within_a_second_while_idle_sockets_hold_more_than_the_ops_cap() {
+    let stream = TestStream::new().await;
+    let queue = test_queue().await;
+    let env = worker_env(&stream.env(), &redis_url(), queue.name());
+    // The ops port's default cap: 64 connections.
+    let mut worker = spawn_worker(&env).await;
+    let idle = idle_sockets(worker.port, 74).await;
+    // Past the grace of a connection just opened: they are idle now.
+    tokio::time::sleep(2 * common::server::HEAD_GRACE).await;
+    let probes = probe(
+        worker.port,
+        &["/healthz", "/readyz"],
+        10,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (healthz, readyz) = (probes[0], probes[1]);
+    println!("with 74 idle sockets and a cap of 64: /healthz {healthz:?}, /readyz {readyz:?}");
+    assert_eq!(healthz.answered, 10, "/healthz: {healthz:?}");
+    assert_eq!(readyz.answered, 10, "/readyz: {readyz:?}");
+    // Ten idle sockets made way for the last ten, one more for the first probe.
+    let shed = worker.metric("http_connections_shed_total").await;
+    assert!(shed >= 11.0, "{shed} shed");
+    drop(idle);
+    assert_eq!(worker.terminate().await.unwrap(), Some(0));
 }

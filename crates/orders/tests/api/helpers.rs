@@ -7,7 +7,7 @@ use common::Subject;
 use common::bus::{StreamSpec, consumer_name};
 use common::config::Settings;
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
-use common::testing::{TestStream, mongo_uri, nats_url};
+use common::testing::{ServiceProcess, TestStream, free_port, mongo_uri, nats_url, temp_dir};
 use http::Method;
 use mongodb::Database;
 use mongodb::bson::oid::ObjectId;
@@ -227,6 +227,32 @@ pub fn orders_binary(env: &[(&str, String)]) -> std::process::Command {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null());
     command
+}
+
+/// The `orders` binary of this build as a process on a free port, with the environment of
+/// [`full_env`] and `extra` settings, ready.
+pub async fn orders_process(stream: &TestStream, extra: &[(&str, &str)]) -> ServiceProcess {
+    let port = free_port();
+    let mut env: Vec<(String, String)> = full_env(stream)
+        .into_iter()
+        .filter(|(name, _)| *name != "PORT")
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    env.push(("PORT".into(), port.to_string()));
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    ServiceProcess::start(
+        "orders",
+        std::path::Path::new(env!("CARGO_BIN_EXE_orders")),
+        env,
+        port,
+        &temp_dir("orders-logs"),
+    )
+    .await
+    .expect("the orders binary starts and is ready")
 }
 
 /// The environment of an `orders` process on `stream`, with a database named after it, port 0

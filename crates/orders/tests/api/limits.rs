@@ -1,13 +1,18 @@
-//! What a hostile client cannot do: hold connections with slow headers or a trickling body, or
-//! grow the metrics with made-up methods.
+//! What a hostile client cannot do: hold connections with slow headers or a trickling body, grow
+//! the metrics with made-up methods, take memory with huge request heads, or keep the probes out
+//! by holding more connections than the cap.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use common::testing::{TestStream, eventually, idle_sockets, probe, resident_memory};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::helpers::{TestApp, signed_in};
+use super::helpers::{TestApp, orders_process, signed_in};
 
 /// Everything the server sends until it closes the connection, and when it closed it.
 async fn read_until_closed(mut stream: TcpStream, started: Instant) -> (String, Duration) {
@@ -74,7 +79,8 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     app.get("/metrics", "").await;
     let before = app.get("/metrics", "").await.body;
     let mut methods: Vec<String> = (0..500).map(|n| format!("MADEUP{n}")).collect();
-    methods.push("X".repeat(60_000));
+    // As long as a request line can be within HTTP_MAX_HEADER_BYTES (16 KiB).
+    methods.push("X".repeat(15_000));
     for method in &methods {
         send(method.clone()).await;
     }
@@ -86,6 +92,10 @@ async fn made_up_methods_do_not_grow_the_metrics() {
         methods.len()
     );
     assert!(!after.contains("MADEUP"), "a made-up method became a label");
+    // Longer is a head over the cap: 431, and not counted at all.
+    let huge = Method::from_bytes("X".repeat(60_000).as_bytes()).unwrap();
+    let answer = app.send(huge, "/api/orders", &[], None).await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     let counted = r#"http_requests_total{method="other",route="/api/orders",status="404"} 502"#;
     assert!(after.contains(counted), "missing {counted} in\n{after}");
     // Only the values of the HTTP series change, never which series there are. (Comparing sizes
@@ -104,4 +114,127 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     );
     assert_eq!(before.len(), after.len());
     owned.stop().await;
+}
+
+/// Bytes in mebibytes, for the figures printed.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_request_heads_on_every_connection_stay_far_under_the_memory_limit() {
+    // The manifests limit orders to 256 MiB (k8s/base/orders-depl.yaml); this load took a debug
+    // build to 256 MiB and more when the head was not capped.
+    const LIMIT: u64 = 128 * 1024 * 1024;
+    const CONNECTIONS: usize = 1024;
+    let stream = TestStream::new().await;
+    let orders = orders_process(&stream, &[]).await;
+    let (port, pid) = (orders.port, orders.pid().unwrap());
+    let start = orders.rss().unwrap();
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(resident_memory(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        }
+    });
+    let head = Bytes::from(format!(
+        "GET /api/orders HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(380 * 1024)
+    ));
+    // Every client sends its head, reads the start of the answer and keeps its socket until all
+    // have done so: the heads are in the server at the same time.
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let head = head.clone();
+            tokio::spawn(async move {
+                let mut socket = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                let _ = socket.write_all(&head).await;
+                let mut answer = [0u8; 12];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(30), socket.read_exact(&mut answer))
+                        .await;
+                let status = match read {
+                    Ok(Ok(_)) => String::from_utf8_lossy(&answer[9..12]).into_owned(),
+                    Ok(Err(_)) => "reset".to_owned(),
+                    Err(_) => "no answer".to_owned(),
+                };
+                (socket, status)
+            })
+        })
+        .collect();
+    let mut sockets = Vec::new();
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    for client in clients {
+        let (socket, status) = client.await.unwrap();
+        sockets.push(socket);
+        *statuses.entry(status).or_default() += 1;
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let peak = sampler.await.unwrap();
+    drop(sockets);
+    eventually(
+        Duration::from_secs(30),
+        "every connection closed",
+        || async { orders.metric("http_connections_open").await <= 1.0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = orders.rss().unwrap();
+    println!(
+        "RSS with {CONNECTIONS} heads of 380 KiB: {:.1} MiB at start, {:.1} MiB at the peak, \
+         {:.1} MiB after they closed; answers: {statuses:?}",
+        mib(start),
+        mib(peak),
+        mib(after)
+    );
+    assert!(
+        peak < LIMIT,
+        "peak {:.1} MiB, over {} MiB",
+        mib(peak),
+        LIMIT >> 20
+    );
+    assert!(
+        after < start + 16 * 1024 * 1024,
+        "{:.1} MiB after, {:.1} MiB at start",
+        mib(after),
+        mib(start)
+    );
+    assert_eq!(statuses.get("no answer"), None, "{statuses:?}");
+    assert!(
+        statuses
+            .keys()
+            .all(|status| status == "431" || status == "reset"),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn probes_are_answered_within_a_second_while_idle_sockets_hold_more_than_the_cap() {
+    let stream = TestStream::new().await;
+    let orders = orders_process(&stream, &[("HTTP_MAX_CONNECTIONS", "32")]).await;
+    let idle = idle_sockets(orders.port, 40).await;
+    // Past the grace of a connection just opened: they are idle now.
+    tokio::time::sleep(2 * common::server::HEAD_GRACE).await;
+    let probes = probe(
+        orders.port,
+        &["/healthz", "/readyz"],
+        10,
+        Duration::from_secs(1),
+    )
+    .await;
+    let (healthz, readyz) = (probes[0], probes[1]);
+    println!("with 40 idle sockets and a cap of 32: /healthz {healthz:?}, /readyz {readyz:?}");
+    assert_eq!(healthz.answered, 10, "/healthz: {healthz:?}");
+    assert_eq!(readyz.answered, 10, "/readyz: {readyz:?}");
+    // Eight idle sockets made way for the last eight, one more for the first probe (each probe
+    // closes its connection, so the next one finds that place free).
+    let shed = orders.metric("http_connections_shed_total").await;
+    assert!(shed >= 9.0, "{shed} shed");
+    drop(idle);
 }

@@ -20,6 +20,7 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
             "NATS_URL",
             "EXPIRATION_WINDOW_SECONDS",
             "HTTP_MAX_CONNECTIONS",
+            "HTTP_MAX_HEADER_BYTES",
         ],
     );
     let unreachable = [
@@ -38,6 +39,12 @@ fn help_needs_no_server_and_a_bad_setting_is_one_line_and_exit_code_2() {
         &[],
         &cli::with(&unreachable, ("PORT", "70000")),
         "PORT=`70000` is invalid",
+    );
+    cli::assert_one_line_error(
+        orders,
+        &[],
+        &cli::with(&unreachable, ("HTTP_MAX_HEADER_BYTES", "4096")),
+        "HTTP_MAX_HEADER_BYTES=`4096` is invalid: expected a whole number from 8192 to 1048576",
     );
     cli::assert_one_line_error(orders, &[], &[], "MONGO_URI must be set");
     // Valid settings, but no database there: it cannot start, says why, exits 1.
