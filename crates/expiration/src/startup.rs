@@ -122,7 +122,11 @@ impl Application {
         options.metrics = Some(bus_metrics.clone());
         let created = tokio::spawn(bus::supervise(
             bus.clone(),
-            Arc::new(OrderCreatedListener::new(queue.clone(), metrics.clone())),
+            Arc::new(OrderCreatedListener::new(
+                queue.clone(),
+                metrics.clone(),
+                config.worker.max_ahead,
+            )),
             ListenerOptions {
                 max_in_flight: order_created::IN_FLIGHT,
                 ..options.clone()
