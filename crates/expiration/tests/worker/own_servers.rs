@@ -55,7 +55,7 @@ async fn a_redis_at_maxmemory_is_an_outage_on_readyz_and_the_held_order_is_sched
     let app = TestApp::start(&env).await;
     let readyz = || async { get(app.ops, "/readyz").await.unwrap() };
     assert_eq!(readyz().await.status, 200);
-    let mut admin = redis::Client::open(redis.url())
+    let admin = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
