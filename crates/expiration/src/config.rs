@@ -180,6 +180,9 @@ pub struct WorkerArgs {
     /// Longest retry delay, in milliseconds
     #[arg(long = "expiration-retry-max-ms", env = "EXPIRATION_RETRY_MAX_MS", default_value = "60000", value_parser = parse::millis)]
     pub retry_max: Duration,
+    /// Farthest an order:created's expiresAt may be ahead of now, in seconds; a later one is rejected (terminated and counted as outcome="reject"), never scheduled
+    #[arg(long = "expiration-max-ahead-seconds", env = "EXPIRATION_MAX_AHEAD_SECONDS", default_value = "604800", value_parser = parse::seconds)]
+    pub max_ahead: Duration,
     /// Tests only: claim jobs but never publish them, as a process stuck between the two would
     #[arg(long = "fault-hold-before-publish", env = "EXPIRATION_FAULT_HOLD_BEFORE_PUBLISH", default_value = "false", value_parser = parse::boolean, hide = true)]
     pub hold_before_publish: bool,
@@ -227,6 +230,7 @@ mod tests {
         assert_eq!(config.ops_http.max_connections, 64);
         assert_eq!(config.worker.lease, Duration::from_secs(30));
         assert_eq!(config.worker.publish_timeout, Duration::from_secs(5));
+        assert_eq!(config.worker.max_ahead, Duration::from_secs(7 * 24 * 3600));
         assert!(!config.worker.options().hold_before_fire);
     }
 
@@ -286,6 +290,10 @@ mod tests {
         assert!(error(("OPS_PORT", "70000")).starts_with("OPS_PORT"));
         assert!(error(("EXPIRATION_LEASE_MS", "2000")).contains("must exceed"));
         assert!(error(("EXPIRATION_CONCURRENCY", "0")).starts_with("EXPIRATION_CONCURRENCY"));
+        assert_eq!(
+            error(("EXPIRATION_MAX_AHEAD_SECONDS", "a week")),
+            "EXPIRATION_MAX_AHEAD_SECONDS=`a week` is invalid: expected a whole number of seconds, at least 1"
+        );
         assert!(error(("EXPIRATION_QUEUE", "a}b")).starts_with("EXPIRATION_QUEUE"));
         assert!(error(("REDIS_URL", "http://r")).starts_with("REDIS_URL"));
         assert!(error(("REDIS_URL", "redis://a,http://b")).starts_with("REDIS_URL"));

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use common::bus::{self, Bus, BusError, BusMetrics, ListenerOptions};
 use common::ops::Ops;
-use common::telemetry::ErrorChain;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +67,7 @@ impl Application {
         let ops = Ops::new(registry)
             .with_check("redis", move || {
                 let redis = redis.clone();
-                async move { redis.ping().await.map_err(|e| ErrorChain(&e).to_string()) }
+                async move { redis.ready().await }
             })
             .with_check("nats", bus.check())
             .with_detail("nats_transport", bus.describe());
@@ -123,7 +122,11 @@ impl Application {
         options.metrics = Some(bus_metrics.clone());
         let created = tokio::spawn(bus::supervise(
             bus.clone(),
-            Arc::new(OrderCreatedListener::new(queue.clone(), metrics.clone())),
+            Arc::new(OrderCreatedListener::new(
+                queue.clone(),
+                metrics.clone(),
+                config.worker.max_ahead,
+            )),
             ListenerOptions {
                 max_in_flight: order_created::IN_FLIGHT,
                 ..options.clone()

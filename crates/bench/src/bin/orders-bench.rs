@@ -8,12 +8,20 @@
 //! one bounds the throughput, and the database commands the service sent per request (its
 //! `mongodb_commands_total`).
 //!
+//! With `--paced-rate R` it runs instead one open-loop phase: R requests a second on a fixed
+//! schedule, whatever the answers (as real clients arrive), a `--hostile-share` of them hostile
+//! (one of [`HOSTILE_KINDS`] in turn) and the rest the sale's four routes in the mixed phase's
+//! proportions; it prints the requests sent, the answers by status, the 503s and the legitimate
+//! requests' latency.
+//!
 //! ```text
 //! orders-bench --url http://127.0.0.1:3000 --mongo-uri mongodb://127.0.0.1:37017/orders \
 //!     --jwt-key KEY [--concurrency 32] [--seconds 10] [--tickets 40000] [--pid PID] \
-//!     [--nats-url nats://127.0.0.1:4222 --nats-cluster-id STREAM --nats-subject-prefix P]
+//!     [--nats-url nats://127.0.0.1:4222 --nats-cluster-id STREAM --nats-subject-prefix P] \
+//!     [--paced-rate 4 --hostile-share 0.5]
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +30,7 @@ use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
 use common::bus::{Publisher, StreamSpec};
-use common::config::{Settings, parse};
+use common::config::{Expected, Settings, parse};
 use common::events::{ExpirationComplete, PaymentCreated};
 use common::http::{JwtKey, UserPayload, auth::session_cookie};
 use http::{Method, Request, StatusCode, header};
@@ -43,6 +51,8 @@ struct Args {
     pid: Option<u32>,
     /// The JetStream stream the service uses, for the mixed phase.
     nats: Option<(String, StreamSpec)>,
+    /// Open loop: requests a second, and the share of them that is hostile.
+    paced: Option<(f64, f64)>,
 }
 
 /// Load on the orders API: `POST /api/orders` (each for a ticket of its own, inserted into
@@ -81,6 +91,32 @@ struct Cli {
     /// The service's NATS_SUBJECT_PREFIX
     #[arg(long = "nats-subject-prefix", default_value = "")]
     nats_subject_prefix: String,
+    /// Open loop instead of the phases above: this many requests a second for --seconds, sent on a fixed schedule whatever the answers
+    #[arg(long = "paced-rate", value_name = "R", value_parser = rate)]
+    paced_rate: Option<f64>,
+    /// With --paced-rate: the fraction of the requests that are hostile (0 to 1)
+    #[arg(long = "hostile-share", value_name = "S", default_value = "0", value_parser = share, requires = "paced_rate")]
+    hostile_share: f64,
+}
+
+/// Requests a second: more than 0, at most 10000.
+fn rate(value: &str) -> Result<f64, Expected> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 10_000.0)
+        .ok_or_else(|| Expected("requests a second, more than 0 and at most 10000".into()))
+}
+
+/// A fraction from 0 to 1.
+fn share(value: &str) -> Result<f64, Expected> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (0.0..=1.0).contains(s))
+        .ok_or_else(|| Expected("a fraction from 0 to 1".into()))
 }
 
 impl Settings for Cli {}
@@ -99,6 +135,7 @@ impl From<Cli> for Args {
             duration: cli.seconds,
             tickets: cli.tickets,
             pid: cli.pid,
+            paced: cli.paced_rate.map(|rate| (rate, cli.hostile_share)),
             nats: cli.nats_url.map(|url| {
                 (
                     url,
@@ -326,21 +363,14 @@ fn mixed_fate(n: usize) -> (bool, bool) {
     (paid, expires)
 }
 
-/// The traffic of a sale, at `--concurrency` for `--seconds`: of every 20 requests 10 POSTs
-/// (a fresh ticket each), 5 GETs of one of the worker's orders, 3 GETs of its list and 2 DELETEs
-/// of one of its unpaid orders; meanwhile every 5th order created is paid at once
-/// (`payment:created`) and every 3rd of the others expires 1 s after its creation
-/// (`expiration:complete`). One JSON line per route, then one for the phase.
-async fn mixed(
-    args: &Args,
-    watched: &Watched,
-    cookies: &[String],
-    tickets: Arc<Vec<String>>,
+/// The bus side of a sale: for the `n`th order created (sent on the channel), publishes what
+/// [`mixed_fate`] says; the task ends with how many were published once the channel closes.
+fn spawn_bus(
     publisher: Publisher,
-) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let next_ticket = Arc::new(AtomicUsize::new(0));
-    let created_count = Arc::new(AtomicUsize::new(0));
+) -> (
+    tokio::sync::mpsc::UnboundedSender<(usize, String)>,
+    tokio::task::JoinHandle<usize>,
+) {
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
     let bus = tokio::spawn(async move {
         let mut published = 0usize;
@@ -374,6 +404,25 @@ async fn mixed(
         }
         published
     });
+    (events_tx, bus)
+}
+
+/// The traffic of a sale, at `--concurrency` for `--seconds`: of every 20 requests 10 POSTs
+/// (a fresh ticket each), 5 GETs of one of the worker's orders, 3 GETs of its list and 2 DELETEs
+/// of one of its unpaid orders; meanwhile every 5th order created is paid at once
+/// (`payment:created`) and every 3rd of the others expires 1 s after its creation
+/// (`expiration:complete`). One JSON line per route, then one for the phase.
+async fn mixed(
+    args: &Args,
+    watched: &Watched,
+    cookies: &[String],
+    tickets: Arc<Vec<String>>,
+    publisher: Publisher,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let next_ticket = Arc::new(AtomicUsize::new(0));
+    let created_count = Arc::new(AtomicUsize::new(0));
+    let (events_tx, bus) = spawn_bus(publisher);
 
     let before = watched.snapshot();
     let commands_before = db_commands(&args.address).await;
@@ -533,6 +582,342 @@ async fn mixed(
     Ok(())
 }
 
+/// The hostile requests of the paced mode, sent in this order, one kind after the other.
+const HOSTILE_KINDS: [&str; 8] = [
+    "bad JSON",
+    "no or forged cookie",
+    "huge body",
+    "unknown route",
+    "wrong content type",
+    "slow partial body",
+    "invalid id",
+    "oversized headers",
+];
+
+/// The buyers' orders so far in the paced mode: `(order id, buyer)`; the unpaid ones may be
+/// cancelled.
+#[derive(Default)]
+struct Sale {
+    mine: Vec<(String, usize)>,
+    deletable: Vec<(String, usize)>,
+}
+
+/// What one request of the paced mode is, and how it is sent.
+enum Paced {
+    /// Through the HTTP client.
+    Http(Box<Request<Full<Bytes>>>),
+    /// Raw bytes on a fresh connection (what the HTTP client would not send), then the answer's
+    /// status line is read.
+    Raw(Vec<u8>),
+}
+
+/// One answer of the paced mode.
+struct PacedAnswer {
+    /// `Ok(route)` for a legitimate request, `Err(kind)` for a hostile one.
+    what: Result<usize, usize>,
+    /// The status, or `error` when no answer came (connection refused, reset or closed).
+    status: String,
+    latency_us: u64,
+}
+
+/// Sends raw `bytes` on a new connection to `address` and reads the status of the answer (a write
+/// the server cuts short is not an error as long as an answer comes).
+async fn raw_exchange(address: &str, bytes: &[u8]) -> anyhow::Result<StatusCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let _ = stream.write_all(bytes).await;
+    let mut reply = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut reply)).await??;
+    let line = String::from_utf8_lossy(&reply[..n]);
+    let code = line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status line in {n} bytes"))?;
+    Ok(StatusCode::from_u16(code)?)
+}
+
+/// The `k`th hostile request: kind `k % 8` of [`HOSTILE_KINDS`].
+fn hostile_request(k: usize, cookie: &str, forged: &str, ticket: &str) -> Paced {
+    let post = |content_type: &str, cookie: Option<&str>, body: Vec<u8>| {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/orders")
+            .header(header::HOST, "orders")
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        Paced::Http(Box::new(
+            request
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid request"),
+        ))
+    };
+    let get = |uri: &str| {
+        Paced::Http(Box::new(
+            Request::builder()
+                .uri(uri)
+                .header(header::HOST, "orders")
+                .header(header::COOKIE, cookie)
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request"),
+        ))
+    };
+    let order = format!(r#"{{"ticketId":"{ticket}"}}"#).into_bytes();
+    match k % HOSTILE_KINDS.len() {
+        0 => post("application/json", Some(cookie), br#"{"ticketId": "#.to_vec()),
+        // Every other one without a cookie, the others with a token signed by another key.
+        1 => post(
+            "application/json",
+            (k / HOSTILE_KINDS.len()).is_multiple_of(2).then_some(forged),
+            order,
+        ),
+        2 => {
+            let mut body = br#"{"ticketId":""#.to_vec();
+            body.resize(2 * 1024 * 1024, b'a');
+            post("application/json", Some(cookie), body)
+        }
+        3 => get("/api/no/such/route"),
+        4 => post("text/plain", Some(cookie), order),
+        // A body announced at 64 bytes, of which 12 arrive: the answer is the body timeout's.
+        5 => Paced::Raw(
+            format!(
+                "POST /api/orders HTTP/1.1\r\nHost: orders\r\nCookie: {cookie}\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{{\"ticketId\":"
+            )
+            .into_bytes(),
+        ),
+        6 => get("/api/orders/not-an-object-id"),
+        _ => Paced::Raw(
+            format!(
+                "GET /api/orders HTTP/1.1\r\nHost: orders\r\nCookie: {cookie}\r\nX-Padding: {}\r\n\r\n",
+                "a".repeat(1024 * 1024)
+            )
+            .into_bytes(),
+        ),
+    }
+}
+
+/// Open loop: `rate` requests a second for `--seconds`, each sent at its time on a connection of
+/// its own whatever became of the earlier ones; a `share` of them hostile (the kinds of
+/// [`HOSTILE_KINDS`] in turn), the others the mixed phase's routes in its proportions (of every
+/// 20: 10 POSTs, 5 GETs of one order, 3 of the list, 2 DELETEs), with its bus side when
+/// `--nats-url` is given. Prints one JSON line.
+async fn paced(
+    args: &Args,
+    watched: &Watched,
+    cookies: &[String],
+    forged: String,
+    tickets: Vec<String>,
+    publisher: Option<Publisher>,
+) -> anyhow::Result<()> {
+    let (rate, share) = args.paced.expect("the paced mode has a rate");
+    let total = (args.duration.as_secs_f64() * rate).round().max(1.0) as usize;
+    let sale = Arc::new(std::sync::Mutex::new(Sale::default()));
+    let created = Arc::new(AtomicUsize::new(0));
+    let (events, bus) = match publisher {
+        Some(publisher) => {
+            let (events, bus) = spawn_bus(publisher);
+            (Some(events), Some(bus))
+        }
+        None => (None, None),
+    };
+    let mut tickets = tickets.into_iter();
+    let (mut legit, mut hostile) = (0usize, 0usize);
+    let mut lag_max = Duration::ZERO;
+    let mut answers = tokio::task::JoinSet::new();
+    let before = watched.snapshot();
+    let started = Instant::now();
+    for n in 0..total {
+        let at = started + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        lag_max = lag_max.max(at.elapsed());
+        // Spread evenly: request n is hostile when it carries the share past a whole number.
+        let is_hostile = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
+        let (what, request, owner) = if is_hostile {
+            let k = hostile;
+            hostile += 1;
+            let ticket = ObjectId::new().to_hex();
+            (
+                Err(k % HOSTILE_KINDS.len()),
+                hostile_request(k, &cookies[k % cookies.len()], &forged, &ticket),
+                0,
+            )
+        } else {
+            let l = legit;
+            legit += 1;
+            let buyer = l % cookies.len();
+            let (route, method, uri, body) = {
+                let mut sale = sale.lock().unwrap_or_else(|e| e.into_inner());
+                let mut route = match l % 20 {
+                    0..=9 => 0,
+                    10..=14 => 1,
+                    15..=17 => 2,
+                    _ => 3,
+                };
+                if (route == 1 && sale.mine.is_empty()) || (route == 3 && sale.deletable.is_empty())
+                {
+                    route = 0;
+                }
+                match route {
+                    0 => {
+                        let Some(ticket) = tickets.next() else {
+                            eprintln!("warning: ran out of tickets; raise --tickets");
+                            break;
+                        };
+                        let body = format!(r#"{{"ticketId":"{ticket}"}}"#);
+                        (0, Method::POST, "/api/orders".to_owned(), body)
+                    }
+                    1 => {
+                        let (id, _) = &sale.mine[l % sale.mine.len()];
+                        (1, Method::GET, format!("/api/orders/{id}"), String::new())
+                    }
+                    2 => (2, Method::GET, "/api/orders".to_owned(), String::new()),
+                    _ => {
+                        let index = l % sale.deletable.len();
+                        let (id, _) = sale.deletable.swap_remove(index);
+                        (
+                            3,
+                            Method::DELETE,
+                            format!("/api/orders/{id}"),
+                            String::new(),
+                        )
+                    }
+                }
+            };
+            // An order is read and cancelled by its owner, as the routes require.
+            let owner = match (route, uri.rsplit_once('/')) {
+                (1 | 3, Some((_, id))) => {
+                    let sale = sale.lock().unwrap_or_else(|e| e.into_inner());
+                    sale.mine
+                        .iter()
+                        .find(|(mine, _)| mine == id)
+                        .map_or(buyer, |(_, owner)| *owner)
+                }
+                _ => buyer,
+            };
+            let mut request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::HOST, "orders")
+                .header(header::COOKIE, cookies[owner].as_str());
+            if route == 0 {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+            }
+            let request = request
+                .body(Full::new(Bytes::from(body)))
+                .expect("a valid request");
+            (Ok(route), Paced::Http(Box::new(request)), owner)
+        };
+        let address = args.address.clone();
+        let (sale, created, events) = (sale.clone(), created.clone(), events.clone());
+        answers.spawn(async move {
+            let sent = Instant::now();
+            let answer = match request {
+                Paced::Http(request) => Connection::new(address.clone())
+                    .send(*request)
+                    .await
+                    .map(|(status, body)| (status, Some(body))),
+                Paced::Raw(bytes) => raw_exchange(&address, &bytes)
+                    .await
+                    .map(|status| (status, None)),
+            };
+            let latency_us = sent.elapsed().as_micros() as u64;
+            let status = match &answer {
+                Ok((status, _)) => status.as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            if let (Ok(0), Ok((StatusCode::CREATED, Some(body)))) = (what, &answer)
+                && let Ok(order) = serde_json::from_slice::<serde_json::Value>(body)
+                && let Some(id) = order["id"].as_str()
+            {
+                let index = created.fetch_add(1, Ordering::Relaxed);
+                let mut sale = sale.lock().unwrap_or_else(|e| e.into_inner());
+                sale.mine.push((id.to_owned(), owner));
+                if !mixed_fate(index).0 {
+                    sale.deletable.push((id.to_owned(), owner));
+                }
+                if let Some(events) = &events {
+                    let _ = events.send((index, id.to_owned()));
+                }
+            }
+            PacedAnswer {
+                what,
+                status,
+                latency_us,
+            }
+        });
+    }
+    let sent = legit + hostile;
+    let sending = started.elapsed().as_secs_f64();
+    drop(events);
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_route: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); MIXED_ROUTES.len()];
+    let mut by_kind: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); HOSTILE_KINDS.len()];
+    let (mut legit_us, mut hostile_us) = (Vec::new(), Vec::new());
+    while let Some(answer) = answers.join_next().await {
+        let answer = answer?;
+        *statuses.entry(answer.status.clone()).or_default() += 1;
+        match answer.what {
+            Ok(route) => {
+                *by_route[route].entry(answer.status).or_default() += 1;
+                legit_us.push(answer.latency_us);
+            }
+            Err(kind) => {
+                *by_kind[kind].entry(answer.status).or_default() += 1;
+                hostile_us.push(answer.latency_us);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = watched.snapshot();
+    let published = match bus {
+        Some(bus) => Some(bus.await?),
+        None => None,
+    };
+    legit_us.sort_unstable();
+    hostile_us.sort_unstable();
+    let legit_503 = by_route
+        .iter()
+        .map(|statuses| statuses.get("503").copied().unwrap_or(0))
+        .sum::<usize>();
+    let named = |names: &[&str], counts: Vec<BTreeMap<String, usize>>| -> serde_json::Value {
+        names
+            .iter()
+            .zip(counts)
+            .map(|(name, counts)| ((*name).to_owned(), serde_json::json!(counts)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "phase": "paced",
+            "rate": rate,
+            "hostile_share": share,
+            "seconds": (sending * 10.0).round() / 10.0,
+            "requests_sent": sent,
+            "legitimate": legit,
+            "hostile": hostile,
+            "answers": statuses,
+            "status_503": statuses.get("503").copied().unwrap_or(0),
+            "legitimate_503": legit_503,
+            "legitimate_p50_ms": percentile(&legit_us, 0.50),
+            "legitimate_p99_ms": percentile(&legit_us, 0.99),
+            "legitimate_max_ms": percentile(&legit_us, 1.0),
+            "hostile_p50_ms": percentile(&hostile_us, 0.50),
+            "legitimate_by_route": named(&MIXED_ROUTES, by_route),
+            "hostile_by_kind": named(&HOSTILE_KINDS, by_kind),
+            "send_lag_max_ms": (lag_max.as_secs_f64() * 10_000.0).round() / 10.0,
+            "events_published": published,
+            "rss_mb": rss_mb(watched.service, "VmRSS:"),
+            "cpu_percent": watched.cpu_json(&before, &after, elapsed),
+            "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        })
+    );
+    Ok(())
+}
+
 /// Inserts `count` fresh ticket replicas (titled `bench ticket <tag><n>`), as `ticket:created`
 /// would, a thousand per command.
 async fn insert_tickets(
@@ -604,7 +989,14 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| client.database(orders::config::DEFAULT_DATABASE));
     let collection = database.collection::<Ticket>("tickets");
     let inserting = Instant::now();
-    let tickets = insert_tickets(&collection, args.tickets, "").await?;
+    // The paced mode needs at most one ticket per request.
+    let wanted = match args.paced {
+        Some((rate, _)) => args
+            .tickets
+            .min((rate * args.duration.as_secs_f64()).ceil() as usize + 1),
+        None => args.tickets,
+    };
+    let tickets = insert_tickets(&collection, wanted, "").await?;
     eprintln!(
         "inserted {} ticket replicas in {:.1} s",
         tickets.len(),
@@ -622,6 +1014,29 @@ async fn main() -> anyhow::Result<()> {
             }))
         })
         .collect();
+
+    if args.paced.is_some() {
+        let forged = JwtKey::new(b"not the service's key");
+        let id = ObjectId::new().to_hex();
+        let forged = session_cookie(&forged.sign(&UserPayload {
+            id: id.clone(),
+            email: format!("{id}@forged.test"),
+            iat: None,
+        }));
+        let publisher = match &args.nats {
+            Some((url, spec)) => {
+                let client = async_nats::connect(url.as_str()).await?;
+                Some(Publisher::new(
+                    async_nats::jetstream::new(client),
+                    spec.clone(),
+                    None,
+                ))
+            }
+            None => None,
+        };
+        let ids = tickets.iter().map(|t| t.id.to_hex()).collect();
+        return paced(&args, &watched, &cookies, forged, ids, publisher).await;
+    }
 
     let ids: Arc<Vec<String>> = Arc::new(tickets.iter().map(|t| t.id.to_hex()).collect());
     let post = {

@@ -1,5 +1,8 @@
 //! `order:created` → schedule (or move) the order's expiration job at `expiresAt`.
 
+use std::time::Duration;
+
+use chrono::Utc;
 use common::bus::{HandlerError, Listener, MessageInfo};
 use common::events::OrderCreated;
 
@@ -16,17 +19,35 @@ pub const IN_FLIGHT: usize = 256;
 
 /// Schedules a job keyed by the order id, due at `expiresAt`, unless a newer version of the order
 /// scheduled it already; acks once Redis has it. An id that is not an ObjectId never gets here:
-/// the runner terminates it (`Event::validate`).
+/// the runner terminates it (`Event::validate`). An `expiresAt` more than `max_ahead` from now
+/// (`EXPIRATION_MAX_AHEAD_SECONDS`) is rejected: such a job would sit in Redis for its whole
+/// wait, and a peer publishing them could fill it.
 pub struct OrderCreatedListener {
     queue: Queue,
     metrics: Metrics,
+    max_ahead: Duration,
 }
 
 impl OrderCreatedListener {
-    /// A listener scheduling on `queue`.
-    pub fn new(queue: Queue, metrics: Metrics) -> Self {
-        OrderCreatedListener { queue, metrics }
+    /// A listener scheduling on `queue` jobs due at most `max_ahead` from now.
+    pub fn new(queue: Queue, metrics: Metrics, max_ahead: Duration) -> Self {
+        OrderCreatedListener {
+            queue,
+            metrics,
+            max_ahead,
+        }
     }
+}
+
+/// An `expiresAt` farther ahead than the worker accepts.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "expiresAt {expires_at} is {ahead_s} s ahead, more than EXPIRATION_MAX_AHEAD_SECONDS ({max_s} s)"
+)]
+pub struct TooFarAhead {
+    expires_at: String,
+    ahead_s: i64,
+    max_s: u64,
 }
 
 impl Listener for OrderCreatedListener {
@@ -35,6 +56,14 @@ impl Listener for OrderCreatedListener {
 
     async fn on_message(&self, event: OrderCreated, _: MessageInfo) -> Result<(), HandlerError> {
         let due_ms = to_ms(event.expires_at);
+        let ahead_ms = due_ms.saturating_sub(Utc::now().timestamp_millis());
+        if ahead_ms > self.max_ahead.as_millis() as i64 {
+            return Err(HandlerError::reject(TooFarAhead {
+                expires_at: common::events::timestamp::format(&event.expires_at),
+                ahead_s: ahead_ms / 1000,
+                max_s: self.max_ahead.as_secs(),
+            }));
+        }
         let scheduled = self
             .queue
             .schedule_versioned(&event.id, due_ms, event.version)

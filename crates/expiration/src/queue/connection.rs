@@ -148,10 +148,16 @@ impl Connection {
 
     /// Replicas attached to the master of `key` (`connected_slaves` of `INFO replication`).
     pub(crate) async fn replicas_of(&mut self, key: &str) -> RedisResult<u32> {
+        Ok(connected_replicas(&self.info(key, "replication").await?))
+    }
+
+    /// `INFO <section>` of the master of `key`.
+    pub(crate) async fn info(&mut self, key: &str, section: &str) -> RedisResult<String> {
         let mut command = redis::cmd("INFO");
-        command.arg("replication");
-        let info: String = redis::from_redis_value(self.send_to_master_of(key, command).await?)?;
-        Ok(connected_replicas(&info))
+        command.arg(section);
+        Ok(redis::from_redis_value(
+            self.send_to_master_of(key, command).await?,
+        )?)
     }
 
     /// Whether this is a cluster connection.

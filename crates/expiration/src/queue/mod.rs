@@ -12,7 +12,7 @@
 //! | `{p:q}:leased` | ZSET | job id → lease expiry (ms) of a claimed job, which is also its claim's token |
 //! | `{p:q}:jobs` | HASH | job id → `"<due_ms>:<attempts>:0"`: attempts counts the claims that ended (failed, or whose holder died) |
 //! | `{p:q}:dead` | HASH | job id → JSON `{due, attempts, failed_at, reason}` |
-//! | `{p:q}:cancelled` | ZSET | job id → when it was cancelled (ms); pruned after [`CANCELLED_TTL`] |
+//! | `{p:q}:cancelled` | ZSET | job id → when it was cancelled (ms); marks older than [`CANCELLED_TTL`] are pruned by every schedule and cancel, and the key expires [`CANCELLED_TTL`] after the last cancellation |
 //! | `{p:q}:versions` | HASH | job id → version of the `order:created` that scheduled it, only when above 0 |
 //! | `{p:q}:seq` | STRING | the last lease expiry given out; each claim's is greater |
 //! | `{p:q}:wake` | channel | a message whenever the earliest due time moves earlier |
@@ -46,7 +46,11 @@
 //!   unless the failure was a dependency's (see [`Queue::postpone`]), or at `max_attempts` moves
 //!   the job to `dead`.
 //! - `cancel.lua` (batch): removes jobs, waiting or leased, and records the ids in `cancelled`
-//!   (pruning records older than [`CANCELLED_TTL`]).
+//!   (pruning records older than [`CANCELLED_TTL`], and setting the key to expire that long
+//!   after this cancellation). `schedule.lua` ignores marks past that age and prunes them after
+//!   its writes. Both scripts write first what may grow memory, since at `maxmemory` Redis
+//!   refuses only a script's first write: a schedule or cancel is then refused whole (and
+//!   retried by the listener), never let through behind a prune.
 //! - `requeue.lua`: dead jobs become due now with attempts reset.
 //! - `stats.lua`: counts and the next due time, for inspection.
 
@@ -71,8 +75,11 @@ pub const MAX_BATCH: usize = 1000;
 /// Most bytes of a job id a log line shows (an order id has 24; intake refuses any other).
 pub const ID_BYTES: usize = 64;
 
-/// How long a cancelled id stays remembered, so that its late creation schedules nothing. Far
-/// longer than any redelivery of `order:created` (ack wait and backoff are seconds to minutes).
+/// How long a cancelled id stays remembered (its "mark", about 130 bytes), so that its late
+/// creation schedules nothing. Far longer than any redelivery of `order:created` (ack wait and
+/// backoff are seconds to minutes), and short enough that a peer publishing cancellations cannot
+/// grow Redis without bound: marks older than this are pruned by every schedule and cancel, and
+/// the whole set expires this long after the last cancellation.
 pub const CANCELLED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors of the queue.
@@ -95,6 +102,79 @@ pub enum QueueError {
         confirmed: u32,
         timeout: Duration,
     },
+}
+
+impl QueueError {
+    /// Whether Redis refused the write for want of memory (`maxmemory` reached under
+    /// `noeviction`): an outage of the queue, not a fault of the job.
+    pub fn is_oom(&self) -> bool {
+        match self {
+            QueueError::Redis(e) => {
+                e.code() == Some("OOM") || e.to_string().contains("OOM command not allowed")
+            }
+            QueueError::Batched(inner) => inner.is_oom(),
+            _ => false,
+        }
+    }
+}
+
+/// How long a write Redis refused for want of memory keeps [`Queue::ready`] failing, unless a
+/// later write succeeds first: the listeners retry a refused event every few seconds, so a
+/// longer silence means nothing is waiting to be written any more.
+pub const OOM_REMEMBERED: Duration = Duration::from_secs(30);
+
+/// The outcome of the last writes of this process (schedule and cancel), for [`Queue::ready`].
+#[derive(Default)]
+struct Writes {
+    /// When a write was last refused with OOM, unless one succeeded since.
+    refused_oom: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Writes {
+    fn record<T>(&self, result: &Result<T, QueueError>) {
+        let mut refused = self.refused_oom.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(_) => *refused = None,
+            Err(e) if e.is_oom() => *refused = Some(std::time::Instant::now()),
+            Err(_) => {}
+        }
+    }
+
+    /// How long ago a write was refused with OOM, if no write succeeded since and it is recent.
+    fn refused_oom_ago(&self) -> Option<Duration> {
+        let refused = self.refused_oom.lock().unwrap_or_else(|e| e.into_inner());
+        refused
+            .map(|at| at.elapsed())
+            .filter(|ago| *ago < OOM_REMEMBERED)
+    }
+}
+
+/// What in an `INFO memory` reply makes the queue unfit to take schedules: memory used up to
+/// `maxmemory` (writes are refused), or an `allkeys-*` policy under a `maxmemory` (jobs could be
+/// evicted without a word). `None` when neither; `maxmemory` 0 means no limit.
+fn memory_problem(info: &str) -> Option<String> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let number = |name: &str| field(name).and_then(|value| value.parse::<u64>().ok());
+    let max = number("maxmemory").unwrap_or(0);
+    if max == 0 {
+        return None;
+    }
+    let used = number("used_memory").unwrap_or(0);
+    if used >= max {
+        return Some(format!(
+            "Redis is out of memory: used_memory {used} bytes reaches maxmemory {max}; schedules are refused"
+        ));
+    }
+    match field("maxmemory_policy") {
+        Some(policy) if policy.starts_with("allkeys-") => Some(format!(
+            "Redis maxmemory-policy is {policy}: at maxmemory it would evict jobs silently; use noeviction"
+        )),
+        _ => None,
+    }
 }
 
 /// Where a queue lives: all its keys start with `{<prefix>:<name>}`.
@@ -183,6 +263,7 @@ pub struct Queue {
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
     batcher: mpsc::Sender<Request>,
+    writes: Arc<Writes>,
 }
 
 /// How many replicas must confirm each batch of schedules, and the longest wait for them.
@@ -445,6 +526,7 @@ impl Queue {
             timeout: target.wait_timeout,
         };
         let (batcher, requests) = mpsc::channel(4 * MAX_BATCH);
+        let writes = Arc::new(Writes::default());
         // Ends when the last clone of the queue (the last sender) is dropped.
         tokio::spawn(batch_schedules(
             conn.clone(),
@@ -452,6 +534,7 @@ impl Queue {
             keys.clone(),
             scripts.clone(),
             wake.clone(),
+            writes.clone(),
             requests,
         ));
         Ok(Queue {
@@ -463,6 +546,7 @@ impl Queue {
             scripts,
             wake,
             batcher,
+            writes,
         })
     }
 
@@ -498,6 +582,29 @@ impl Queue {
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.conn.clone().ping(&self.keys.due).await?;
         Ok(())
+    }
+
+    /// Whether the queue can take schedules now (the worker's `/readyz`): Redis answers, its
+    /// memory is below `maxmemory`, its eviction policy cannot drop jobs, and no schedule or
+    /// cancel of this process was refused for want of memory since the last one that succeeded
+    /// (within [`OOM_REMEMBERED`]). The reason otherwise. On a cluster, the master holding the
+    /// queue is asked.
+    pub async fn ready(&self) -> Result<(), String> {
+        if let Some(ago) = self.writes.refused_oom_ago() {
+            return Err(format!(
+                "Redis refused a write for want of memory (maxmemory) {:.1} s ago; the events are held and retried",
+                ago.as_secs_f64()
+            ));
+        }
+        match self.conn.clone().info(&self.keys.due, "memory").await {
+            Ok(info) => match memory_problem(&info) {
+                Some(problem) => Err(problem),
+                None => Ok(()),
+            },
+            // A managed Redis may refuse INFO: it answered, which is all a ping would prove.
+            Err(e) if matches!(e.code(), Some("ERR" | "NOPERM")) => Ok(()),
+            Err(e) => Err(ErrorChain(&e).to_string()),
+        }
     }
 
     /// Schedules (or moves) job `id` to be due at `due_ms`, as version 0.
@@ -646,7 +753,7 @@ impl Queue {
         }
         let mut removed = 0;
         for chunk in ids.chunks(MAX_BATCH) {
-            removed += self
+            let called = self
                 .scripts
                 .cancel
                 .call()
@@ -658,7 +765,10 @@ impl Queue {
                 .arg(CANCELLED_TTL.as_millis() as u64)
                 .arg(chunk)
                 .invoke::<u64>(&self.conn)
-                .await?;
+                .await
+                .map_err(QueueError::from);
+            self.writes.record(&called);
+            removed += called?;
         }
         Ok(removed)
     }
@@ -802,7 +912,8 @@ async fn schedule_call<J: NewJob>(
         .key(&keys.dead)
         .key(&keys.cancelled)
         .key(&keys.versions)
-        .arg(&keys.wake);
+        .arg(&keys.wake)
+        .arg(CANCELLED_TTL.as_millis() as u64);
     for job in chunk {
         invocation
             .arg(job.id())
@@ -851,11 +962,13 @@ async fn batch_schedules(
     keys: Arc<Keys>,
     scripts: Arc<Scripts>,
     wake: Arc<Notify>,
+    writes: Arc<Writes>,
     mut requests: mpsc::Receiver<Request>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let called = schedule_call(&conn, &keys, &scripts, &batch).await;
+        writes.record(&called);
         if let Ok(each) = &called
             && each.first().is_some_and(|one| one.woke)
         {
@@ -953,6 +1066,28 @@ mod tests {
             QueueName::new("ticketing", "expiration").tag(),
             "{ticketing:expiration}"
         );
+    }
+
+    #[test]
+    fn memory_at_maxmemory_or_an_allkeys_policy_makes_the_queue_unready() {
+        let info = |used: u64, max: u64, policy: &str| {
+            format!(
+                "# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:0B\r\nmaxmemory_policy:{policy}\r\n"
+            )
+        };
+        assert_eq!(memory_problem(&info(5_000_000, 0, "allkeys-lru")), None);
+        assert_eq!(
+            memory_problem(&info(5_000_000, 6_000_000, "noeviction")),
+            None
+        );
+        assert_eq!(
+            memory_problem(&info(5_000_000, 6_000_000, "volatile-lru")),
+            None
+        );
+        let full = memory_problem(&info(6_000_000, 6_000_000, "noeviction")).unwrap();
+        assert!(full.contains("maxmemory 6000000"), "{full}");
+        let evicting = memory_problem(&info(1, 6_000_000, "allkeys-lfu")).unwrap();
+        assert!(evicting.contains("allkeys-lfu"), "{evicting}");
     }
 
     #[test]

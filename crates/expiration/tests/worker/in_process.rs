@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::DateTime;
+
 use common::Subject;
 use common::events::ExpirationComplete;
 use common::testing::{TestStream, eventually, get, redis_url};
@@ -115,6 +117,44 @@ async fn an_order_created_whose_id_is_not_an_object_id_is_never_scheduled() {
     .await;
     assert_eq!(app.metric("jobs_scheduled_total").await, 1.0);
     assert_eq!(app.queue.stats().await.unwrap().pending(), 0);
+    finish(stream, app).await;
+}
+
+#[tokio::test]
+async fn an_order_created_expiring_beyond_the_max_ahead_is_rejected_and_never_scheduled() {
+    // EXPIRATION_MAX_AHEAD_SECONDS keeps its default, 7 days.
+    let (stream, app) = start_app().await;
+    let (forever, eight_days, six_days, control) = (order_id(), order_id(), order_id(), order_id());
+    let day = 24 * 3600 * 1000;
+    let end_of_9999 = DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .unwrap()
+        .timestamp_millis();
+    stream.publish(&order_created(&forever, end_of_9999)).await;
+    stream
+        .publish(&order_created(&eight_days, now_ms() + 8 * day))
+        .await;
+    stream
+        .publish(&order_created(&six_days, now_ms() + 6 * day))
+        .await;
+    stream
+        .publish(&order_created(&control, now_ms() + 300))
+        .await;
+    let events = stream
+        .wait_for::<ExpirationComplete>(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(events, [ExpirationComplete { order_id: control }]);
+    let rejected = r#"events_handled_total{subject="order:created",outcome="reject"}"#;
+    eventually(Duration::from_secs(5), "both far ones rejected", || async {
+        app.metric(rejected).await == 2.0
+    })
+    .await;
+    assert_eq!(app.metric("jobs_scheduled_total").await, 2.0);
+    eventually(
+        Duration::from_secs(5),
+        "the control job completed",
+        || async { app.queue.stats().await.unwrap().pending() == 1 },
+    )
+    .await;
     finish(stream, app).await;
 }
 

@@ -46,6 +46,68 @@ async fn pending_jobs_survive_a_redis_restart_with_append_only_persistence() {
     stream.delete().await;
 }
 
+#[tokio::test]
+async fn a_redis_at_maxmemory_is_an_outage_on_readyz_and_the_held_order_is_scheduled_after() {
+    let redis = RedisServer::start().await;
+    let stream = TestStream::new().await;
+    let queue = queue_on(&redis.url()).await;
+    let env = worker_env(&stream.env(), &redis.url(), queue.name());
+    let app = TestApp::start(&env).await;
+    let readyz = || async { get(app.ops, "/readyz").await.unwrap() };
+    assert_eq!(readyz().await.status, 200);
+    let admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let config_set = |name: &'static str, value: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg(&["SET", name, value][..])
+                .query_async::<()>(&mut admin)
+                .await
+                .unwrap()
+        }
+    };
+    // Whatever Redis holds now is over one byte: every write that could grow it is refused.
+    config_set("maxmemory", "1").await;
+    let held = order_id();
+    stream.publish(&order_created(&held, now_ms() + 300)).await;
+    eventually(Duration::from_secs(1), "/readyz says 503", || async {
+        let answer = readyz().await;
+        answer.status == 503 && answer.body.contains("maxmemory")
+    })
+    .await;
+    let acked = r#"events_handled_total{subject="order:created",outcome="ack"}"#;
+    eventually(Duration::from_secs(5), "the schedule refused", || async {
+        readyz().await.body.contains("refused a write")
+    })
+    .await;
+    assert_eq!(app.metric(acked).await, 0.0, "acked, yet not in Redis");
+    assert_eq!(queue.stats().await.unwrap().pending(), 0);
+
+    config_set("maxmemory", "0").await;
+    let events = stream
+        .wait_for::<ExpirationComplete>(1, Duration::from_secs(30))
+        .await;
+    assert_eq!(events, [ExpirationComplete { order_id: held }]);
+    assert_eq!(app.metric(acked).await, 1.0);
+    eventually(Duration::from_secs(2), "/readyz says 200 again", || async {
+        readyz().await.status == 200
+    })
+    .await;
+
+    // A policy that may evict any key could drop jobs without a word: not ready either.
+    config_set("maxmemory", "1gb").await;
+    config_set("maxmemory-policy", "allkeys-lru").await;
+    let answer = readyz().await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.body.contains("allkeys-lru"), "{}", answer.body);
+    app.stop().await;
+    stream.delete().await;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Dependency {
     Nats,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::bus::Backoff;
 use common::testing::{eventually, redis_url};
 use expiration::metrics::Metrics;
-use expiration::queue::{Job, Queue};
+use expiration::queue::{CANCELLED_TTL, Job, Queue};
 use expiration::worker::{
     BoxError, JobHandler, UNAVAILABLE_RETRY, Unavailable, Worker, WorkerOptions,
 };
@@ -335,6 +335,71 @@ async fn a_cancellation_that_overtakes_the_creation_keeps_the_job_from_being_sch
     queue.delete().await.unwrap();
 }
 
+/// The raw connection to the local stack's Redis and the key of `queue`'s cancellation marks.
+async fn marks_of(queue: &Queue) -> (redis::aio::MultiplexedConnection, String) {
+    let conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    (conn, format!("{}:cancelled", queue.name().tag()))
+}
+
+#[tokio::test]
+async fn cancellation_marks_expire_a_day_after_the_last_cancellation() {
+    let queue = test_queue().await;
+    let (mut conn, marks) = marks_of(&queue).await;
+    queue.cancel(&["gone"]).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&marks)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lifetime = CANCELLED_TTL.as_millis() as i64;
+    assert!(
+        ttl > lifetime - 60_000 && ttl <= lifetime,
+        "the marks expire in {ttl} ms, not about {lifetime}"
+    );
+    queue.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn marks_older_than_their_lifetime_are_pruned_by_the_next_schedule() {
+    let queue = test_queue().await;
+    let (mut conn, marks) = marks_of(&queue).await;
+    queue.cancel(&["fresh"]).await.unwrap();
+    // A hundred marks a minute past their lifetime, as a day of cancellations leaves them.
+    let old = now_ms() - CANCELLED_TTL.as_millis() as i64 - 60_000;
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(&marks);
+    for i in 0..100 {
+        zadd.arg(old).arg(format!("stale-{i}"));
+    }
+    zadd.query_async::<()>(&mut conn).await.unwrap();
+    let scheduled = queue.schedule("stale-0", now_ms() + 60_000).await.unwrap();
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(&marks)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 1,
+        "{left} of 101 marks left; only the fresh one should be"
+    );
+    assert_eq!(
+        (scheduled.added, scheduled.skipped),
+        (1, 0),
+        "a mark past its lifetime skips nothing"
+    );
+    let fresh = queue.schedule("fresh", now_ms() + 60_000).await.unwrap();
+    assert_eq!(
+        (fresh.added, fresh.skipped),
+        (0, 1),
+        "a fresh mark still does"
+    );
+    queue.delete().await.unwrap();
+}
+
 /// Fails while `failing` is set, reports its dependency down while `unavailable` is; counts
 /// calls.
 #[derive(Default)]
@@ -587,6 +652,8 @@ async fn a_redis_that_refuses_info_is_used_without_waiting_for_replicas() {
     let url = redis_url().replacen("redis://", &format!("redis://{user}:pw@"), 1);
     let queue = queue_on(&url).await;
     assert_eq!(queue.replicas_required(), 0);
+    // Nor does it keep /readyz failing: Redis answered, which is all a ping proves.
+    assert_eq!(queue.ready().await, Ok(()));
     assert_eq!(queue.schedule("x", now_ms()).await.unwrap().added, 1);
     queue.delete().await.unwrap();
     redis::cmd("ACL")
