@@ -75,7 +75,8 @@ pub(crate) async fn run_streaming_listener<L: Listener>(
         tracing::info!(consumer = %name, channel = %spec.channel, "listening");
         // Sent to us but not started yet: the server may hand us more than we handle at once
         // (room for those waiting for a redelivery), and keeps their ack wait running. They are
-        // read as they come, so that a copy it sends again meanwhile is recognised and skipped.
+        // read as they come (up to its max in flight), so that a copy it sends again meanwhile
+        // is recognised and skipped.
         let mut queued = VecDeque::new();
         loop {
             tokio::select! {
@@ -112,7 +113,11 @@ pub(crate) async fn run_streaming_listener<L: Listener>(
                         }
                     });
                 }
-                next = subscription.next() => {
+                // Bounded: in a queue group the server hands a message whose ack wait ran out
+                // to another member and counts it as acked here, then sends this one more; past
+                // the subscription's max in flight, further deliveries stay in the client's
+                // bounded buffer (and what it drops, the server sends again).
+                next = subscription.next(), if queued.len() < spec.max_in_flight => {
                     let Some(delivery) = next else {
                         tracing::info!(consumer = %name, "the NATS Streaming session was lost; subscribing again on the next one");
                         break;
