@@ -272,17 +272,34 @@ fn first_line(error: &clap::Error) -> String {
 }
 
 /// The URL (or each URL of a comma-separated list) with any `user:password@` replaced, for logs
-/// and error messages; anything else as is.
+/// and error messages; anything else as is. A `,` left unencoded in credentials
+/// (`nats://u:pa,ss@host`) does not split them: what comes before the `@` is hidden whole.
 pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                format!("{}<redacted>{}", &url[..scheme_end + 3], &url[at..])
+    let parts: Vec<&str> = url.split(',').collect();
+    let mut servers = Vec::new();
+    let mut i = 0;
+    while i < parts.len() {
+        let mut end = i;
+        if parts[i].contains("://") && !parts[i].contains('@') {
+            // The parts up to one with an `@` (and no scheme of its own) are one server.
+            if let Some(at) = parts[i + 1..]
+                .iter()
+                .take_while(|part| !part.contains("://"))
+                .position(|part| part.contains('@'))
+            {
+                end = i + 1 + at;
             }
-            _ => url.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+        }
+        let server = parts[i..=end].join(",");
+        servers.push(match (server.find("://"), server.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                format!("{}<redacted>{}", &server[..scheme_end + 3], &server[at..])
+            }
+            _ => server,
+        });
+        i = end + 1;
+    }
+    servers.join(",")
 }
 
 /// Why a value did not parse: the text after "expected".

@@ -243,6 +243,27 @@ impl Credentials {
         Ok((addresses, found))
     }
 
+    /// A server's `host[:port]` has a numeric port, if any: `nats://u:pa,ss@host` is split at
+    /// the comma into `nats://u:pa` (host `u`, port `pa`) and `nats://ss@host`, and must not be
+    /// taken for two servers (nor shown as one, half a password in it).
+    fn check_port(host_and_rest: &str) -> Result<(), Expected> {
+        let authority = host_and_rest.split('/').next().unwrap_or_default();
+        // An IPv6 address is bracketed: its port follows the `]`.
+        let after_host = match authority.rfind(']') {
+            Some(end) => &authority[end + 1..],
+            None => authority,
+        };
+        match after_host.rsplit_once(':') {
+            Some((_, port)) if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) => {
+                Err(Expected(
+                    "servers written `host:port` (a `,` in credentials percent-encoded as `%2C`)"
+                        .into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// One server's URL without its `user:password@` or `token@`, and those credentials. The
     /// last `@` ends them, as [`redact_url`] hides them.
     fn of_server(url: &str) -> Result<(String, Option<Credentials>), Expected> {
@@ -250,8 +271,10 @@ impl Credentials {
             return Ok((url.to_owned(), None));
         };
         let Some(at) = url[scheme_end..].rfind('@').map(|i| scheme_end + i) else {
+            Self::check_port(&url[scheme_end..])?;
             return Ok((url.to_owned(), None));
         };
+        Self::check_port(&url[at + 1..])?;
         let address = format!("{}{}", &url[..scheme_end], &url[at + 1..]);
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)
@@ -645,6 +668,12 @@ mod tests {
         assert_eq!(
             differ,
             "NATS_URL=`nats://<redacted>@a:1,nats://<redacted>@b:1` is invalid: expected the same credentials on every server of the list (one client sends one set to all of them)"
+        );
+        // A `,` left unencoded in a password: not two servers, and not half a password shown.
+        let comma = nats(&[("NATS_URL", "nats://u:hun,ter2@a:1")]).unwrap_err();
+        assert_eq!(
+            comma,
+            "NATS_URL=`nats://<redacted>@a:1` is invalid: expected servers written `host:port` (a `,` in credentials percent-encoded as `%2C`)"
         );
         let empty = nats(&[("NATS_URL", "nats://:hunter2@a:1")]).unwrap_err();
         assert!(

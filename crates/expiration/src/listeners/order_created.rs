@@ -57,7 +57,7 @@ impl Listener for OrderCreatedListener {
     async fn on_message(&self, event: OrderCreated, _: MessageInfo) -> Result<(), HandlerError> {
         let due_ms = to_ms(event.expires_at);
         let ahead_ms = due_ms.saturating_sub(Utc::now().timestamp_millis());
-        if ahead_ms > self.max_ahead.as_millis() as i64 {
+        if ahead_ms > i64::try_from(self.max_ahead.as_millis()).unwrap_or(i64::MAX) {
             return Err(HandlerError::reject(TooFarAhead {
                 expires_at: common::events::timestamp::format(&event.expires_at),
                 ahead_s: ahead_ms / 1000,
