@@ -199,8 +199,10 @@ async fn big_request_heads_on_every_connection_stay_far_under_the_memory_limit()
         mib(peak),
         LIMIT >> 20
     );
+    // Back near the start (the allocator may keep some of what was freed; the uncapped server
+    // kept about 170 MiB).
     assert!(
-        after < start + 16 * 1024 * 1024,
+        after < start + 64 * 1024 * 1024,
         "{:.1} MiB after, {:.1} MiB at start",
         mib(after),
         mib(start)
