@@ -154,6 +154,46 @@ impl Cluster {
         .await;
     }
 
+    /// Waits (up to 2 minutes) until the pods labelled `app=<app>` for each of `apps` have all
+    /// been Ready for `steady` in a row. A service that lost a dependency answers its readiness
+    /// probe 503 and, after the probe's failures (2 × 5 s in the manifests), is taken out of its
+    /// Service, whose port then refuses connections; Ready throughout a span longer than that
+    /// means it is back for good.
+    async fn steadily_ready(&self, apps: &[&str], steady: Duration) {
+        let ready = r#"jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}"#;
+        let since = std::cell::Cell::new(None::<Instant>);
+        eventually(
+            Duration::from_secs(120),
+            &format!("{apps:?} Ready for {steady:?} in a row"),
+            || {
+                let since = &since;
+                async move {
+                    let mut all = true;
+                    for app in apps {
+                        let label = format!("app={app}");
+                        let statuses = self
+                            .kubectl(&["get", "pods", "-l", &label, "-o", ready])
+                            .await;
+                        all &= !statuses.trim().is_empty()
+                            && statuses.split_whitespace().all(|status| status == "True");
+                    }
+                    if !all {
+                        since.set(None);
+                        return false;
+                    }
+                    let first = since.get().unwrap_or_else(Instant::now);
+                    since.set(Some(first));
+                    if first.elapsed() >= steady {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    false
+                }
+            },
+        )
+        .await;
+    }
+
     /// Waits until `deployment` has rolled out: every replica updated and Ready.
     async fn rolled_out(&self, deployment: &str) {
         self.kubectl(&[
@@ -385,7 +425,11 @@ async fn on_kubernetes_the_broker_keeps_its_store_on_its_volume_when_its_pod_is_
             },
         )
         .await;
-    // The services found the new broker by themselves: an order still expires.
+    // The services find the new broker by themselves (async-nats reconnects) and are Ready
+    // again; then an order still expires.
+    cluster
+        .steadily_ready(&["orders", "expiration"], Duration::from_secs(12))
+        .await;
     let api = OrdersApi::new(&cluster.orders_url);
     let placed = place_orders(&after, &[api], 4, 1, Duration::ZERO, 2).await;
     let deadline = until(last_expiry(&placed), Duration::from_secs(60));
